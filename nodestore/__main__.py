@@ -1,0 +1,3 @@
+from nodestore.cli import main
+
+main()

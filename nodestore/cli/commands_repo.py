@@ -1,0 +1,206 @@
+"""Repository verbs: init, import, commit, log, status, show, diff, checkout, branch, tag, ..."""
+
+from __future__ import annotations
+
+import click
+
+from . import main
+from .util import JSON_OPTION, echo_json, open_node, table_print
+
+MESSAGE = click.option("-m", "--message", default=None, help="Commit message.")
+
+
+@main.command()
+@click.argument("system")
+@click.argument("path", required=False)
+@click.option("--reference-method", default=None, help="Method of the node's hull (default: the labeller's).")
+@click.pass_context
+def init(ctx, system, path, reference_method):
+    """Create a node for SYSTEM (e.g. Li-P-S) at PATH (default ./SYSTEM)."""
+    from nodestore.loop import create_node
+
+    node = create_node(system, path, reference_method=reference_method)
+    click.echo(f"initialised {node.name} node at {node.path}")
+
+
+@main.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--method", default=None, help="Method that produced the energies in the files (e.g. vasp-pbe).")
+@click.option("--origin", default="imported", type=click.Choice(["imported", "reference", "labelled"]))
+@click.option("--format", "fmt", default=None, help="Force a format (cif, vasp, extxyz, ase-db, pymatgen-json).")
+@click.option("--min-distance", type=float, default=None, help="Reject frames with atoms closer than this (Å).")
+@MESSAGE
+@click.pass_context
+def import_(ctx, files, method, origin, fmt, min_distance, message):
+    """Import structure FILES as one commit (all or nothing)."""
+    node = open_node(ctx)
+    r = node.import_files(files, method=method, message=message, origin=origin, format=fmt, min_distance=min_distance)
+    if r["new"] == 0:
+        click.echo(f"read {r['read']} frames: all already in the node, nothing committed")
+    else:
+        click.echo(f"read {r['read']} frames, {r['new']} new, segment {r['segment'][:12]}, commit {r['commit'][:10]}")
+
+
+@main.command()
+@MESSAGE
+@click.pass_context
+def commit(ctx, message):
+    """Record the work tree (table, models, params) as a commit."""
+    node = open_node(ctx)
+    click.echo(node.commit(message or ""))
+
+
+@main.command()
+@click.argument("rev", required=False)
+@click.option("-n", "limit", type=int, default=None, help="Show at most N commits.")
+@JSON_OPTION
+@click.pass_context
+def log(ctx, rev, limit, as_json):
+    """Commits reachable from REV (HEAD)."""
+    entries = open_node(ctx).log(rev, limit=limit)
+    if as_json:
+        echo_json(entries)
+        return
+    for e in entries:
+        tags = f" ({', '.join(e['tags'])})" if e["tags"] else ""
+        merge = " [merge]" if len(e["parents"]) > 1 else ""
+        click.echo(f"{e['commit'][:10]}{tags}{merge} {e['date'][:19]} {e['message'].splitlines()[0]}")
+
+
+@main.command()
+@JSON_OPTION
+@click.pass_context
+def status(ctx, as_json):
+    """What changed since the last commit."""
+    st = open_node(ctx).status()
+    if as_json:
+        echo_json(st)
+        return
+    click.echo(f"on branch {st['branch'] or '(detached)'} at {str(st['commit'])[:10]}")
+    if st["clean"]:
+        click.echo("clean")
+    else:
+        click.echo(f"frames added {st['frames_added']}, removed {st['frames_removed']}")
+        for p in st["changed_files"]:
+            click.echo(f"  changed: {p}")
+
+
+@main.command()
+@click.argument("rev", required=False)
+@JSON_OPTION
+@click.pass_context
+def show(ctx, rev, as_json):
+    """Summary of the node at REV (default: HEAD with the work tree)."""
+    doc = open_node(ctx).show(rev)
+    if as_json:
+        echo_json(doc)
+        return
+    click.echo(f"{doc['system']} node {doc['node_id'][:8]}  commit {doc['commit'][:10]}  "
+               f"branch {doc['branch'] or '-'}")
+    click.echo(f"frames {doc['frames']}  labelled {doc['labelled']}  entries {doc['entries']}  "
+               f"segments {doc['segments']}  iterations {doc['iterations']}")
+    for m, n in doc["methods"].items():
+        click.echo(f"  energies by {m}: {n}")
+    for m in doc["models"]:
+        cur = f" (current {', '.join(m['current'])})" if m["current"] else ""
+        click.echo(f"  model {m['id']} {m['backend']}{cur}")
+
+
+@main.command()
+@click.argument("rev_a")
+@click.argument("rev_b", required=False)
+@JSON_OPTION
+@click.pass_context
+def diff(ctx, rev_a, rev_b, as_json):
+    """Frames and models changed from REV_A to REV_B (default: the work tree)."""
+    d = open_node(ctx).diff(rev_a, rev_b)
+    if as_json:
+        echo_json(d)
+        return
+    click.echo(f"{d['a']} -> {d['b']}: +{d['frames_added']} -{d['frames_removed']} frames, "
+               f"+{len(d['segments_added'])} -{len(d['segments_removed'])} segments")
+    for m in d["models_added"]:
+        click.echo(f"  + model {m}")
+    for m in d["models_removed"]:
+        click.echo(f"  - model {m}")
+    for k, (a, b) in d["current_models_changed"].items():
+        click.echo(f"  current {k}: {a} -> {b}")
+
+
+@main.command()
+@click.argument("rev")
+@click.option("--force", is_flag=True, help="Discard uncommitted changes.")
+@click.pass_context
+def checkout(ctx, rev, force):
+    """Move the node (data and checkpoints) to branch, tag or commit REV."""
+    r = open_node(ctx).checkout(rev, force=force)
+    click.echo(f"at {r['commit'][:10]}" + (f" on branch {r['branch']}" if r["branch"] else " (detached)"))
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List branches.")
+@click.option("-d", "--delete", is_flag=True, help="Delete branch NAME.")
+@click.option("--rev", default=None, help="Start the branch at REV (default HEAD).")
+@click.pass_context
+def branch(ctx, name, list_, delete, rev):
+    """Create (or list, or delete) a branch."""
+    node = open_node(ctx)
+    if list_ or not name:
+        for b in node.branches():
+            click.echo(f"{'*' if b['current'] else ' '} {b['name']}  {b['commit'][:10]}")
+        return
+    node.branch(name, rev=rev, delete=delete)
+    click.echo(f"{'deleted' if delete else 'created'} branch {name}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.argument("rev", required=False)
+@MESSAGE
+@click.option("--force", is_flag=True, help="Move an existing tag.")
+@click.pass_context
+def tag(ctx, name, rev, message, force):
+    """Tag REV (HEAD) as NAME, or list tags."""
+    node = open_node(ctx)
+    if not name:
+        for t, c in sorted(node.tags().items()):
+            click.echo(f"{t}  {c[:10]}")
+        return
+    click.echo(f"{name} -> {node.tag(name, rev, message=message, force=force)[:10]}")
+
+
+@main.command()
+@click.argument("output", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["extxyz", "cif", "csv", "json"]), default=None,
+              help="Default: from OUTPUT's extension.")
+@click.option("--rev", default=None, help="Revision (default: work tree).")
+@click.option("--where", default=None, help="Only rows matching a query expression.")
+@click.pass_context
+def export(ctx, output, fmt, rev, where):
+    """Write frames to OUTPUT (extxyz, CIF, CSV or JSON table); a .nsbundle OUTPUT makes a bundle."""
+    node = open_node(ctx)
+    if output.endswith(".nsbundle"):
+        r = node.export_bundle(output, rev=rev)
+        click.echo(f"bundle {output}: {r['commits']} commits, {r['objects']} objects, {r['bytes']} bytes")
+        return
+    from nodestore.loop.query import export_frames
+
+    n = export_frames(node, output, fmt=fmt, rev=rev, where=where)
+    click.echo(f"wrote {n} frames to {output}")
+
+
+@main.command("model")
+@click.argument("action", type=click.Choice(["list"]))
+@click.option("--rev", default=None)
+@JSON_OPTION
+@click.pass_context
+def model(ctx, action, rev, as_json):
+    """Checkpoints in the node: backend, parent, training frames, metrics."""
+    rows = open_node(ctx).list_checkpoints(rev)
+    if as_json:
+        echo_json(rows)
+        return
+    table_print([{"id": r["id"], "kind": r["kind"], "backend": r["backend"], "parent": r["parent"],
+                  "frames": r["training_frames"], "current": ",".join(r["current"]),
+                  **{k: v for k, v in (r["metrics"] or {}).items() if isinstance(v, (int, float))}} for r in rows])

@@ -1,0 +1,74 @@
+"""node.yaml and params.yaml: defaults, reading, validation against schemas/."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+from nodestore.errors import SchemaError, ValidationError
+
+SCHEMA_VERSION = 1
+
+DEFAULT_PARAMS: dict = {
+    "schema_version": SCHEMA_VERSION,
+    "import": {"min_distance": 0.5},
+    "loop": {"iterations": []},
+    "curate": {"stable_threshold": 0.1},
+    "match": {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0},
+}
+
+
+def parse_system(system) -> list[str]:
+    """'Li-P-S' or ['Li', 'P', 'S'] -> sorted list of valid element symbols."""
+    from ase.data import chemical_symbols
+
+    if isinstance(system, str):
+        parts = [p for p in system.replace(",", "-").replace(" ", "-").split("-") if p]
+    else:
+        parts = list(system)
+    bad = [p for p in parts if p not in chemical_symbols[1:]]
+    if bad or not parts:
+        raise ValidationError(f"not a chemical system: {system!r} (unknown element(s): {', '.join(bad) or 'none given'})")
+    if len(set(parts)) != len(parts):
+        raise ValidationError(f"chemical system {system!r} repeats an element")
+    return sorted(parts)
+
+
+def system_name(elements) -> str:
+    return "-".join(sorted(elements))
+
+
+def read_yaml(path: Path, schema: str) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"{path} is missing")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SchemaError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    from nodestore.schemas_util import validate
+
+    validate(doc, schema, where=str(path))
+    return doc
+
+
+def write_yaml(path: Path, doc: dict, schema: str) -> None:
+    """Validate then write atomically."""
+    import yaml
+
+    from nodestore.schemas_util import validate
+
+    validate(doc, schema, where=str(path))
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def default_params() -> dict:
+    return copy.deepcopy(DEFAULT_PARAMS)

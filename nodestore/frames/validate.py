@@ -1,0 +1,87 @@
+"""Checks every frame passes before it is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nodestore.errors import ValidationError
+
+from .batch import FrameBatch
+
+
+@dataclass(frozen=True)
+class Rules:
+    elements: frozenset[str] | None = None  # allowed chemical symbols; None: any
+    min_distance: float = 0.5  # Å; no two atoms closer (periodic images included)
+    max_abs_energy_per_atom: float = 1e4
+
+
+def validate_batch(batch: FrameBatch, rules: Rules, names: list[str] | None = None) -> None:
+    """Raise ValidationError for the first bad frame, naming its source and index.
+
+    ``names`` gives a label per frame (e.g. "file.xyz frame 3") for messages.
+    """
+    from ase.data import chemical_symbols
+
+    def where(i):
+        return names[i] if names else f"frame {i}"
+
+    off = batch.offsets
+    for i in range(len(batch)):
+        s, e = int(off[i]), int(off[i + 1])
+        if e == s:
+            raise ValidationError(f"{where(i)}: no atoms")
+        z = batch["numbers"][s:e]
+        if np.any(z == 0) or np.any(z > 118):
+            raise ValidationError(f"{where(i)}: invalid atomic number")
+        if rules.elements is not None:
+            bad = sorted({chemical_symbols[int(x)] for x in z} - set(rules.elements))
+            if bad:
+                raise ValidationError(
+                    f"{where(i)}: element(s) {', '.join(bad)} outside the node's system "
+                    f"{'-'.join(sorted(rules.elements))}"
+                )
+        pos = batch["positions"][s:e]
+        cell = batch["cell"][i]
+        pbc = batch["pbc"][i]
+        if not np.all(np.isfinite(pos)) or not np.all(np.isfinite(cell)):
+            raise ValidationError(f"{where(i)}: non-finite positions or cell")
+        if np.any(pbc):
+            vol = abs(np.linalg.det(cell))
+            if not np.all(pbc) or vol < 1e-6:
+                raise ValidationError(f"{where(i)}: cell volume {vol:.3g} Å^3 is not positive (pbc {pbc.tolist()})")
+        energy = batch["energy"][i]
+        if np.isinf(energy) or (np.isnan(energy) and _has_any_label(batch, i, s, e)):
+            raise ValidationError(f"{where(i)}: energy is not a finite number")
+        if np.isfinite(energy) and abs(energy) / (e - s) > rules.max_abs_energy_per_atom:
+            raise ValidationError(f"{where(i)}: energy {energy:g} eV is not physical")
+        f = batch["forces"][s:e]
+        if np.isfinite(f).any() and not np.isfinite(f).all():
+            raise ValidationError(f"{where(i)}: forces contain NaN or inf")
+        st = batch["stress"][i]
+        if np.isfinite(st).any() and not np.isfinite(st).all():
+            raise ValidationError(f"{where(i)}: stress contains NaN or inf")
+        d = _min_distance(pos, cell, pbc)
+        if d < rules.min_distance:
+            raise ValidationError(f"{where(i)}: two atoms are {d:.3f} Å apart (minimum {rules.min_distance} Å)")
+
+
+def _has_any_label(batch, i, s, e) -> bool:
+    return bool(np.isfinite(batch["forces"][s:e]).any() or np.isfinite(batch["stress"][i]).any())
+
+
+def _min_distance(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> float:
+    n = len(pos)
+    if n == 1 and not np.any(pbc):
+        return np.inf
+    from ase.neighborlist import neighbor_list
+
+    from ase import Atoms
+
+    atoms = Atoms(numbers=np.ones(n, dtype=int), positions=pos, cell=cell, pbc=pbc)
+    d = neighbor_list("d", atoms, 1.0)
+    if len(d) == 0:
+        return np.inf
+    return float(d.min())

@@ -1,0 +1,194 @@
+"""DVC's Python API, in process, for the node's large artifacts.
+
+The structure table (``data/table``) and the checkpoints (``models``) are each
+one DVC-tracked directory.  DVC's cache is content-addressed (md5 of each file
+plus a ``.dir`` listing), so a commit that adds one segment adds one object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from nodestore.errors import IntegrityError, NodestoreError
+
+TRACKED = ("data/table", "models")
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _quiet():
+    for name in ("dvc", "dvc_data", "dvc_objects", "scmrepo"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def dvc_errors(what: str):
+    from dvc.exceptions import DvcException
+
+    try:
+        yield
+    except DvcException as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NodestoreError(f"{what}: {msg}") from None
+
+
+@contextmanager
+def _silenced():
+    """DVC prints hints meant for its own CLI (``git add ...``); ours are not those."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+@contextmanager
+def open_dvc(path: Path):
+    from dvc.repo import Repo
+
+    _quiet()
+    with dvc_errors("dvc"):
+        repo = Repo(str(path))
+    try:
+        with _silenced():
+            yield repo
+    finally:
+        repo.close()
+
+
+def init(path: Path) -> None:
+    from dvc.repo import Repo
+
+    _quiet()
+    with dvc_errors("dvc init"), _silenced():
+        repo = Repo.init(str(path))
+        with repo.config.edit("repo") as conf:
+            conf["core"]["analytics"] = False
+            conf["core"]["autostage"] = False
+        repo.close()
+
+
+def add(path: Path, targets=TRACKED) -> None:
+    with open_dvc(path) as repo, dvc_errors("dvc add"):
+        repo.add([str(Path(path) / t) for t in targets if (Path(path) / t).exists()])
+
+
+def checkout(path: Path, force: bool = True) -> None:
+    with open_dvc(path) as repo, dvc_errors("dvc checkout"):
+        try:
+            repo.checkout(force=force)
+        except Exception as exc:  # CheckoutError lists missing objects
+            from dvc.exceptions import CheckoutError
+
+            if isinstance(exc, CheckoutError):
+                raise IntegrityError(
+                    "artifacts of this revision are not in the local cache: "
+                    "run `nodestore pull` (or `nodestore fetch`) first"
+                ) from None
+            raise
+
+
+def set_remote(path: Path, name: str, url: str, default: bool = False) -> None:
+    with open_dvc(path) as repo, dvc_errors("dvc remote"):
+        with repo.config.edit("local") as conf:
+            conf.setdefault("remote", {})[name] = {"url": url}
+            if default:
+                conf.setdefault("core", {})["remote"] = name
+
+
+def push(path: Path, remote: str, revs: list[str] | None = None) -> int:
+    with open_dvc(path) as repo, dvc_errors("dvc push"):
+        return repo.push(remote=remote, revs=revs, workspace=not revs)
+
+
+def fetch(path: Path, remote: str, revs: list[str] | None = None) -> int:
+    with open_dvc(path) as repo, dvc_errors("dvc fetch"):
+        return repo.fetch(remote=remote, revs=revs, workspace=not revs)
+
+
+# -- the cache, read directly (content-addressed: safe to read by hash) ------
+
+def cache_dir(path: Path) -> Path:
+    return Path(path) / ".dvc" / "cache" / "files" / "md5"
+
+
+def cache_file(path: Path, md5: str) -> Path:
+    return cache_dir(path) / md5[:2] / md5[2:]
+
+
+def dvcfile_md5(text: str) -> tuple[str, int, int] | None:
+    """(md5, size, nfiles) of the single out of a .dvc file's text."""
+    import yaml
+
+    doc = yaml.safe_load(text) or {}
+    outs = doc.get("outs") or []
+    if not outs:
+        return None
+    out = outs[0]
+    return out.get("md5"), out.get("size", 0), out.get("nfiles", 0)
+
+
+def dir_listing(path: Path, dir_md5: str) -> list[dict]:
+    """The files of a tracked directory version: [{"md5", "relpath"}]."""
+    f = cache_file(path, dir_md5)
+    if not f.exists():
+        raise IntegrityError(f"object {dir_md5} is not in the local cache: run `nodestore pull`")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError:
+        raise IntegrityError(f"object {dir_md5} in the cache is corrupted") from None
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_objects(path: Path, dir_md5: str, listing: list[dict] | None = None) -> None:
+    """Check that every object of a directory version is present and hashes to its name."""
+    top = cache_file(path, dir_md5)
+    if not top.exists():
+        raise IntegrityError(f"object {dir_md5}.dir is missing from the cache")
+    if file_md5(top) != dir_md5.removesuffix(".dir"):
+        raise IntegrityError(f"object {dir_md5} is corrupted (hash mismatch)")
+    for entry in listing if listing is not None else dir_listing(path, dir_md5):
+        f = cache_file(path, entry["md5"])
+        if not f.exists():
+            raise IntegrityError(f"object {entry['md5']} ({entry['relpath']}) is missing")
+        if file_md5(f) != entry["md5"]:
+            raise IntegrityError(f"object {entry['md5']} ({entry['relpath']}) is corrupted (hash mismatch)")
+
+
+def materialize(path: Path, dir_md5: str, dest: Path) -> Path:
+    """Make ``dest`` a read-only view of a directory version, hard-linking cache files."""
+    dest = Path(dest)
+    if (dest / ".complete").exists():
+        return dest
+    listing = dir_listing(path, dir_md5)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for entry in listing:
+        src = cache_file(path, entry["md5"])
+        if not src.exists():
+            raise IntegrityError(f"object {entry['md5']} ({entry['relpath']}) is not in the local cache: run `nodestore pull`")
+        target = tmp / entry["relpath"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, target)
+        except OSError:
+            shutil.copy2(src, target)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / ".complete").write_text(dir_md5)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest

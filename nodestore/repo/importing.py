@@ -1,0 +1,67 @@
+"""``nodestore import``: structure files in, validated, as one segment and one commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nodestore.errors import ValidationError
+
+from .lock import locked
+
+
+@locked
+def import_files(node, files, method: str | None = None, message: str | None = None, origin: str = "imported",
+                 iteration: int = 0, min_distance: float | None = None, format: str | None = None,
+                 commit: bool = True) -> dict:
+    """Read, validate and add the frames of ``files``; all or nothing.
+
+    Frames carrying energies need ``method`` (the method that produced them,
+    e.g. ``vasp-pbe``) so that hulls and merges never mix methods.
+    """
+    from nodestore.frames import FrameBatch
+    from nodestore.frames.io import read_file
+    from nodestore.frames.validate import Rules, validate_batch
+
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValidationError("no files to import")
+    images, names = [], []
+    for f in files:
+        imgs = read_file(f, format=format)
+        images.extend(imgs)
+        names.extend(f"{f} frame {i}" for i in range(len(imgs)))
+    batch = FrameBatch.from_atoms(images, origin=origin, iteration=iteration)
+    labelled = np.isfinite(batch["energy"]) | np.isfinite(batch["stress"]).any(axis=1)
+    per_atom_f = np.isfinite(batch["forces"]).all(axis=1)
+    labelled |= np.add.reduceat(per_atom_f, batch.offsets[:-1]) > 0 if batch.n_atoms else False
+    if labelled.any():
+        if not method:
+            first = names[int(np.nonzero(labelled)[0][0])]
+            raise ValidationError(f"{first} carries energies/forces: say which method produced them with --method (e.g. vasp-pbe)")
+        methods = np.where(labelled, method, "")
+        batch = batch.with_columns(method=methods.tolist())
+    else:
+        batch = batch.with_columns(method="")
+    min_d = min_distance if min_distance is not None else node.params.get("import", {}).get("min_distance", 0.5)
+    validate_batch(batch, Rules(elements=frozenset(node.system), min_distance=min_d), names)
+    table = node.table
+    before = dict(table.manifest)
+    n_before = len(table)
+    seg = table.append(batch)
+    result = {"read": len(batch), "new": len(table) - n_before, "segment": seg, "commit": None}
+    if seg is None or not commit:
+        return result
+    try:
+        msg = message or f"import {len(batch)} frames from {', '.join(f.name for f in files[:3])}{' ...' if len(files) > 3 else ''}"
+        result["commit"] = node.commit(msg)
+    except BaseException:
+        _restore(table, before)
+        raise
+    return result
+
+
+def _restore(table, manifest: dict) -> None:
+    """Put the table back as it was (the new segment file is left for gc)."""
+    table._commit_manifest(manifest)

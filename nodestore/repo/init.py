@@ -1,0 +1,83 @@
+"""``nodestore init``: a new node (git through pygit2, DVC, node.yaml, params.yaml)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import uuid
+from pathlib import Path
+
+from nodestore.config import default_params, parse_system, system_name, write_yaml
+from nodestore.errors import ValidationError
+
+GITIGNORE = """\
+# nodestore private state (lock, read-only views of older revisions)
+/.nodestore/
+"""
+
+DEFAULT_REFERENCE_METHOD = "gpaw-pbe-pw300"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@classmethod
+def init(cls, system, path=None, reference_method: str = DEFAULT_REFERENCE_METHOD, params: dict | None = None,
+         lineage: list | None = None, node_id: str | None = None, message: str | None = None,
+         files: dict[str, str] | None = None):
+    """Create a node for ``system`` at ``path`` (default: ./SYSTEM) and make its first commit.
+
+    ``files`` are extra text files (relative path -> content) of the first
+    commit, e.g. the loop's ``dvc.yaml`` written by the layer above.
+    """
+    from nodestore.frames import FrameTable
+
+    from . import dvc, git
+    from .lock import node_lock
+    from .node import MODELS_DIR, NODE_YAML, PARAMS_YAML, TABLE_DIR, CURRENT_MODELS
+
+    elements = parse_system(system)
+    path = Path(path if path is not None else system_name(elements))
+    if (path / NODE_YAML).exists() or (path / ".git").exists():
+        raise ValidationError(f"{path} already holds a repository; choose another path")
+    if path.exists() and any(path.iterdir()):
+        raise ValidationError(f"{path} exists and is not empty")
+    path.mkdir(parents=True, exist_ok=True)
+    node = cls(path)
+    with node_lock(node.state_dir):
+        git.init(node.path)
+        (node.path / ".gitignore").write_text(GITIGNORE)
+        dvc.init(node.path)
+        _dvc_link_types(node.path)
+        config = {
+            "schema_version": 1,
+            "node_id": node_id or uuid.uuid4().hex,
+            "name": system_name(elements),
+            "system": elements,
+            "reference_method": reference_method,
+            "created": now(),
+            "lineage": lineage if lineage is not None else [{"event": "init", "date": now()}],
+        }
+        write_yaml(node.path / NODE_YAML, config, "node")
+        write_yaml(node.path / PARAMS_YAML, params or default_params(), "params")
+        FrameTable.create(node.path / TABLE_DIR)
+        models = node.path / MODELS_DIR
+        models.mkdir(parents=True, exist_ok=True)
+        (models / CURRENT_MODELS).write_text(json.dumps({}, indent=1) + "\n")
+        for rel, text in (files or {}).items():
+            target = node.path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        dvc.add(node.path)
+        git.commit(node.git, message or f"init {system_name(elements)} node")
+    return node
+
+
+def _dvc_link_types(path: Path) -> None:
+    """Link workspace files to the cache instead of copying them (segments are immutable)."""
+    from . import dvc
+
+    with dvc.open_dvc(path) as repo:
+        with repo.config.edit("repo") as conf:
+            conf["cache"]["type"] = "reflink,hardlink,copy"

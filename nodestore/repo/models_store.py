@@ -1,0 +1,97 @@
+"""Checkpoints in the node: content-addressed directories under models/.
+
+To the repo layer a checkpoint is only a directory with a ``meta.json``;
+what is inside is the models layer's business.  ``models/current.json`` names
+the current checkpoint of each kind (forcefield, generator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from nodestore.errors import NodestoreError, ValidationError
+
+from .lock import locked
+
+
+def checkpoint_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_checkpoints(models_dir: Path) -> list[dict]:
+    models_dir = Path(models_dir)
+    out = []
+    current = {}
+    cur_file = models_dir / "current.json"
+    if cur_file.exists():
+        current = json.loads(cur_file.read_text())
+    if not models_dir.is_dir():
+        return out
+    for d in sorted(models_dir.iterdir()):
+        meta = d / "meta.json"
+        if d.is_dir() and meta.exists():
+            try:
+                m = json.loads(meta.read_text())
+            except json.JSONDecodeError:
+                continue
+            kinds = [k for k, v in current.items() if v == d.name]
+            out.append({
+                "id": d.name,
+                "kind": m.get("kind", ""),
+                "backend": m.get("backend", ""),
+                "architecture": m.get("architecture", ""),
+                "parent": m.get("parent"),
+                "training_frames": len(m.get("training_frames", []) or []),
+                "metrics": m.get("metrics", {}),
+                "current": kinds,
+            })
+    return out
+
+
+@locked
+def add_checkpoint(node, src: Path, kind: str, make_current: bool = True) -> str:
+    """Copy checkpoint directory ``src`` into models/ under its content hash."""
+    src = Path(src)
+    if not (src / "meta.json").exists():
+        raise ValidationError(f"{src} is not a checkpoint directory (no meta.json)")
+    cid = f"{kind}-{checkpoint_hash(src)}"
+    dest = node.path / "models" / cid
+    if not dest.exists():
+        tmp = dest.with_name(f".{cid}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        os.replace(tmp, dest)
+    if make_current:
+        set_current_model.__wrapped__(node, kind, cid)
+    return cid
+
+
+@locked
+def set_current_model(node, kind: str, cid: str) -> None:
+    models = node.path / "models"
+    if not (models / cid / "meta.json").exists():
+        raise NodestoreError(f"no checkpoint {cid!r} in {models}")
+    cur = current_models(node)
+    cur[kind] = cid
+    tmp = models / ".current.json.tmp"
+    tmp.write_text(json.dumps(cur, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, models / "current.json")
+
+
+def current_models(node) -> dict:
+    p = node.path / "models" / "current.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def list_checkpoints(node, rev: str | None = None) -> list[dict]:
+    return read_checkpoints(node.models_at(rev))

@@ -1,0 +1,32 @@
+"""Load the JSON Schemas of schemas/ and validate documents against them."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from nodestore.errors import SchemaError
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    path = SCHEMA_DIR / f"{name}.schema.json"
+    if not path.exists():
+        raise SchemaError(f"no schema named {name!r} in {SCHEMA_DIR}")
+    return json.loads(path.read_text())
+
+
+def validate(document, name: str, where: str = "") -> None:
+    """Raise SchemaError with the first problem found, naming the document."""
+    import jsonschema
+
+    schema = load_schema(name)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        loc = "/".join(str(p) for p in err.path) or "(top level)"
+        raise SchemaError(f"{where or name}: {loc}: {err.message}")
