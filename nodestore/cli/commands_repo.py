@@ -204,3 +204,36 @@ def model(ctx, action, rev, as_json):
     table_print([{"id": r["id"], "kind": r["kind"], "backend": r["backend"], "parent": r["parent"],
                   "frames": r["training_frames"], "current": ",".join(r["current"]),
                   **{k: v for k, v in (r["metrics"] or {}).items() if isinstance(v, (int, float))}} for r in rows])
+
+
+@main.command()
+@click.argument("rev")
+@click.option("--prefer", type=click.Choice(["ours", "theirs"]), default=None,
+              help="Resolve label and checkpoint conflicts this way.")
+@click.option("--allow-extend", is_flag=True, help="Allow merging a node of another system (makes the union system).")
+@MESSAGE
+@JSON_OPTION
+@click.pass_context
+def merge(ctx, rev, prefer, allow_extend, message, as_json):
+    """Merge branch or commit REV: frames by content, entries by structural equivalence."""
+    r = open_node(ctx).merge(rev, prefer=prefer, allow_extend=allow_extend, message=message)
+    if as_json:
+        echo_json(r)
+        return
+    if r["result"] != "merged":
+        click.echo(f"{r['result']}: {r['commit'][:10]}")
+        return
+    click.echo(f"merged {rev} as {r['commit'][:10]}: {r['rows_from_theirs']} rows from theirs, "
+               f"{r['rows_on_both_sides']} on both sides kept once, {r['entries_linked']} entries linked, "
+               f"{r['conflicts_resolved']} conflicts resolved")
+
+
+@main.command()
+@click.argument("elements", nargs=-1, required=True)
+@click.option("--to", "to", required=True, type=click.Path(), help="Path of the new node.")
+@MESSAGE
+@click.pass_context
+def extend(ctx, elements, to, message):
+    """Make a node for this system plus ELEMENTS at --to, carrying data and checkpoints."""
+    new = open_node(ctx).extend("-".join(elements), to, message=message)
+    click.echo(f"{new.name} node at {new.path}: {len(new.table)} frames carried")

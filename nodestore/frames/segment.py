@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -48,7 +47,7 @@ def write_segment(directory: Path, batch: FrameBatch, kind: str = "frames", extr
     Writing a segment that already exists is a no-op (content addressing).
     """
     import zarr
-    from zarr.storage import LocalStore
+    from zarr.storage import MemoryStore
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -58,30 +57,32 @@ def write_segment(directory: Path, batch: FrameBatch, kind: str = "frames", extr
     final = directory / f"{seg_id}{SEGMENT_SUFFIX}"
     if final.exists():
         return seg_id
-    tmpdir = Path(tempfile.mkdtemp(prefix=".tmp-seg-", dir=directory))
+    buffers: dict = {}
+    store = MemoryStore(buffers)
+    group = zarr.open_group(store, mode="w", zarr_format=3)
+    group.attrs.update(
+        {"nodestore": {"format_version": FORMAT_VERSION, "kind": kind, "rows": len(batch),
+                       "atoms": batch.n_atoms, **(extra or {})}}
+    )
+    _write_array(group, "offsets", batch.offsets, FRAME_CHUNK)
+    for name, arr in batch.columns.items():
+        col = BY_NAME.get(name)
+        chunk = ATOM_CHUNK if (col is not None and col.per_atom) else FRAME_CHUNK
+        _write_array(group, name, arr, chunk)
+    fd, tmpzip = tempfile.mkstemp(prefix=".tmp-seg-", suffix=SEGMENT_SUFFIX, dir=directory)
     try:
-        group = zarr.open_group(LocalStore(tmpdir / "g"), mode="w", zarr_format=3)
-        group.attrs.update(
-            {"nodestore": {"format_version": FORMAT_VERSION, "kind": kind, "rows": len(batch),
-                           "atoms": batch.n_atoms, **(extra or {})}}
-        )
-        _write_array(group, "offsets", batch.offsets, FRAME_CHUNK)
-        for name, arr in batch.columns.items():
-            col = BY_NAME.get(name)
-            chunk = ATOM_CHUNK if (col is not None and col.per_atom) else FRAME_CHUNK
-            _write_array(group, name, arr, chunk)
-        tmpzip = tmpdir / "seg.zip"
-        with zipfile.ZipFile(tmpzip, "w", compression=zipfile.ZIP_STORED) as zf:
-            root = tmpdir / "g"
-            for path in sorted(root.rglob("*")):
-                if path.is_file():
-                    zf.write(path, path.relative_to(root).as_posix())
-        with open(tmpzip, "rb") as fh:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+                for key in sorted(buffers):
+                    zf.writestr(key, buffers[key].to_bytes())
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmpzip, final)
-        _fsync_dir(directory)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    except BaseException:
+        if os.path.exists(tmpzip):
+            os.unlink(tmpzip)
+        raise
+    _fsync_dir(directory)
     return seg_id
 
 

@@ -135,7 +135,8 @@ class FrameTable:
                 if deleted:
                     seg = self.segment(s["id"])
                     keys = _keys(seg.frame_column("frame_id"), seg.frame_column("method"))
-                    keep = np.array([k not in deleted for k in keys], dtype=bool)
+                    sid = s["id"]
+                    keep = np.array([k not in deleted and f"{sid}:{k}" not in deleted for k in keys], dtype=bool)
                     rows = rows[keep]
                 seg_pos.append(np.full(len(rows), p, dtype=np.int64))
                 local.append(rows)
@@ -314,6 +315,9 @@ class FrameTable:
 
     def annotate(self, keys: Sequence[str], values: dict[str, Sequence], delete: Sequence[str] = ()) -> None:
         """Set mutable columns for the rows ``keys`` (row keys), and drop rows ``delete``.
+
+        A deletion is a row key (every copy) or ``"<segment id>:<row key>"``
+        (the copy in that segment only, as a merge needs).
 
         The existing overlay and the new values are written as one new overlay
         file; the manifest then points at it.

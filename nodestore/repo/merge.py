@@ -1,0 +1,355 @@
+"""``nodestore merge``: by content and structural equivalence, not by file.
+
+Frames: the union of both sides by row key (frame hash @ method); a row on both
+sides with equal labels is kept once; the same row with different labels is a
+conflict.  Labels of different methods are different rows and are both kept.
+Entries (curated structures): the same crystal on both sides (StructureMatcher)
+becomes one entry, the lower-energy frame its representative.  Checkpoints:
+the union; the current checkpoint of a kind changed on both sides is a conflict.
+
+Everything is decided before anything is written.  A conflict without a policy
+raises MergeConflict and leaves the node exactly as it was.  The node's files
+are then changed, and HEAD moves once, at the end, to a commit with two parents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nodestore.errors import MergeConflict, NodestoreError, SchemaError
+
+from .lock import locked
+
+POLICIES = (None, "ours", "theirs")
+
+
+@dataclass
+class Plan:
+    new_segments: list = field(default_factory=list)  # [(id, rows, atoms, src path)]
+    deletions: list = field(default_factory=list)  # "segid:rowkey"
+    conflicts: list = field(default_factory=list)
+    same_rows: int = 0
+    annotations: dict = field(default_factory=dict)  # rowkey -> {col: value}
+    models_to_copy: list = field(default_factory=list)
+    current_models: dict = field(default_factory=dict)
+    system: list = field(default_factory=list)
+    entry_links: int = 0
+
+
+def _labels_equal(a, b, ia: int, ib: int) -> bool:
+    """Same energy, stress and forces (NaN equal to NaN)."""
+    def eq(x, y):
+        return np.array_equal(x, y, equal_nan=True)
+
+    if not eq(a["energy"][ia], b["energy"][ib]) or not eq(a["stress"][ia], b["stress"][ib]):
+        return False
+    fa = a["forces"][a.offsets[ia]:a.offsets[ia + 1]]
+    fb = b["forces"][b.offsets[ib]:b.offsets[ib + 1]]
+    return eq(fa, fb)
+
+
+@locked
+def merge(node, rev: str, prefer: str | None = None, allow_extend: bool = False, message: str | None = None) -> dict:
+    """Merge branch/commit ``rev`` into the current branch."""
+    import pygit2
+
+    from . import dvc, git
+
+    if prefer not in POLICIES:
+        raise NodestoreError(f"--prefer must be 'ours' or 'theirs', not {prefer!r}")
+    repo = node.git
+    ours = git.resolve(repo, "HEAD")
+    theirs = git.resolve(repo, rev)
+    st = node.status()
+    if not st["clean"]:
+        raise NodestoreError(f"commit or discard your changes before merging ({', '.join(st['changed_files'])})")
+    if ours.id == theirs.id or repo.descendant_of(ours.id, theirs.id):
+        return {"result": "up-to-date", "commit": str(ours.id)}
+    _check_schema(node, theirs)
+    try:
+        base_oid = repo.merge_base(ours.id, theirs.id)
+    except pygit2.GitError:
+        base_oid = None
+    if base_oid is not None and base_oid == ours.id:
+        # fast-forward: the branch ref moves to theirs; data and checkpoints follow
+        branch = git.current_branch(repo)
+        with git.git_errors("fast-forward"):
+            repo.checkout_tree(theirs, strategy=pygit2.enums.CheckoutStrategy.FORCE)
+            if branch:
+                repo.references[f"refs/heads/{branch}"].set_target(theirs.id, f"merge {rev}: fast-forward")
+            else:
+                repo.set_head(theirs.id)
+        dvc.checkout(node.path, force=True)
+        return {"result": "fast-forward", "commit": str(theirs.id)}
+
+    plan = _plan(node, ours, theirs, base_oid, rev, prefer, allow_extend)
+    if plan.conflicts and prefer is None:
+        raise MergeConflict(_report(plan.conflicts, rev), plan.conflicts)
+    return _apply(node, plan, ours, theirs, rev, message)
+
+
+def _check_schema(node, theirs) -> None:
+    import yaml
+
+    from . import git
+
+    blob = git.read_blob(node.git, theirs, "node.yaml")
+    if blob is None:
+        raise SchemaError("the other side has no node.yaml: not a nodestore node")
+    other = yaml.safe_load(blob)
+    mine = node.config
+    if other.get("schema_version") != mine["schema_version"]:
+        raise SchemaError(
+            f"cannot merge across schema versions: ours is {mine['schema_version']}, "
+            f"theirs is {other.get('schema_version')}; upgrade the older node first"
+        )
+    tman = git.read_blob(node.git, theirs, "data/table.dvc")
+    if tman is None:
+        raise SchemaError("the other side records no structure table")
+
+
+def _other_config(node, commit) -> dict:
+    import yaml
+
+    from . import git
+
+    return yaml.safe_load(git.read_blob(node.git, commit, "node.yaml"))
+
+
+def _plan(node, ours, theirs, base_oid, rev, prefer, allow_extend) -> Plan:
+    from nodestore.config import parse_system
+
+    plan = Plan()
+    mine_cfg, their_cfg = node.config, _other_config(node, theirs)
+    mine_sys, their_sys = set(node.system), set(parse_system(their_cfg["system"]))
+    if not their_sys <= mine_sys:
+        if not (mine_sys < their_sys or allow_extend):
+            raise NodestoreError(
+                f"{rev} is a {'-'.join(sorted(their_sys))} node and this is {'-'.join(sorted(mine_sys))}: "
+                "merge with --allow-extend to make the union system"
+            )
+    plan.system = sorted(mine_sys | their_sys)
+    if their_cfg.get("reference_method") != mine_cfg.get("reference_method"):
+        plan.conflicts.append({"kind": "reference_method", "ours": mine_cfg.get("reference_method"),
+                               "theirs": their_cfg.get("reference_method")})
+
+    t_ours = node.table
+    t_theirs = node.table_at(str(theirs.id))
+    our_keys = t_ours.row_keys()
+    key_row = {k: i for i, k in enumerate(our_keys.tolist())}
+    our_segs = set(t_ours.segment_ids)
+    for s in t_theirs.manifest["segments"]:
+        if s["id"] in our_segs:
+            continue
+        seg = t_theirs.segment(s["id"])
+        keys = [f"{f}@{m}" for f, m in zip(seg.frame_column("frame_id"), seg.frame_column("method"))]
+        clash = [(j, key_row[k]) for j, k in enumerate(keys) if k in key_row]
+        if clash:
+            tb = seg.read_all()
+            ob = t_ours.read([i for _, i in clash], columns=["energy", "stress", "forces", "frame_id", "method"])
+            for n, (j, i) in enumerate(clash):
+                k = keys[j]
+                if _labels_equal(ob, tb, n, j):
+                    plan.same_rows += 1
+                    plan.deletions.append(f"{s['id']}:{k}")
+                    continue
+                plan.conflicts.append({"kind": "label", "row": k, "ours_energy": _f(ob["energy"][n]),
+                                       "theirs_energy": _f(tb["energy"][j])})
+                if prefer == "theirs":
+                    plan.deletions.append(f"{_segment_of(t_ours, i)}:{k}")
+                else:
+                    plan.deletions.append(f"{s['id']}:{k}")
+        plan.new_segments.append((s["id"], s["rows"], s["atoms"], t_theirs.path / "segments" / f"{s['id']}.zip"))
+
+    # mutable columns (annotations) of theirs, for rows they have
+    over_t, _ = t_theirs._load_overlay()
+    over_o, _ = t_ours._load_overlay()
+    for k, row in over_t.items():
+        mine = over_o.get(k, {})
+        take = {c: v for c, v in row.items() if c not in mine or prefer == "theirs"}
+        if take:
+            plan.annotations[k] = take
+
+    _plan_entries(node, plan, t_ours, t_theirs)
+    _plan_models(node, plan, ours, theirs, base_oid, prefer)
+    return plan
+
+
+def _segment_of(table, row: int) -> str:
+    seg_pos, _ = table._live()
+    return table.manifest["segments"][int(seg_pos[row])]["id"]
+
+
+def _f(x):
+    x = float(x)
+    return None if not np.isfinite(x) else x
+
+
+def _plan_entries(node, plan: Plan, t_ours, t_theirs) -> None:
+    """Entries found on both sides as the same crystal become one entry."""
+    ie_o = np.nonzero(t_ours.column("is_entry"))[0]
+    ie_t = np.nonzero(t_theirs.column("is_entry"))[0]
+    if not len(ie_o) or not len(ie_t):
+        return
+    bo, bt = t_ours.read(ie_o), t_theirs.read(ie_t)
+    so, stt = bo.to_structures(), bt.to_structures()
+    ours_ids = set(bo["frame_id"].tolist())
+    for j, i in match_pairs(stt, so):
+        if bt["frame_id"][j] == bo["frame_id"][i]:
+            continue  # the same frame: one row already
+        if bt["frame_id"][j] in ours_ids:
+            continue
+        e_o = bo["energy"][i] / bo["n_atoms"][i]
+        e_t = bt["energy"][j] / bt["n_atoms"][j]
+        same_method = bo["method"][i] == bt["method"][j]
+        theirs_wins = same_method and np.isfinite(e_t) and (not np.isfinite(e_o) or e_t < e_o)
+        rep, dup = (bt, bo) if theirs_wins else (bo, bt)
+        ri, di = (j, i) if theirs_wins else (i, j)
+        rep_key = f"{rep['frame_id'][ri]}@{rep['method'][ri]}"
+        dup_key = f"{dup['frame_id'][di]}@{dup['method'][di]}"
+        plan.annotations.setdefault(rep_key, {}).update({"is_entry": True, "duplicate_of": ""})
+        plan.annotations.setdefault(dup_key, {}).update({"is_entry": False, "duplicate_of": rep["frame_id"][ri]})
+        plan.entry_links += 1
+
+
+def match_pairs(new, known) -> list[tuple[int, int]]:
+    """(i, j) pairs where new[i] is the same crystal as known[j] (first match of each new one)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5, primitive_cell=True, scale=True)
+    by_formula: dict[str, list[int]] = {}
+    for j, s in enumerate(known):
+        by_formula.setdefault(s.composition.reduced_formula, []).append(j)
+    pairs = []
+    for i, s in enumerate(new):
+        for j in by_formula.get(s.composition.reduced_formula, []):
+            if matcher.fit(s, known[j]):
+                pairs.append((i, j))
+                break
+    return pairs
+
+
+def _plan_models(node, plan: Plan, ours, theirs, base_oid, prefer) -> None:
+    mo = node.models_at(str(ours.id))
+    mt = node.models_at(str(theirs.id))
+    cur_o = _read_current(mo)
+    cur_t = _read_current(mt)
+    cur_b = _read_current(node.models_at(str(base_oid))) if base_oid is not None else {}
+    merged = dict(cur_o)
+    for kind in set(cur_o) | set(cur_t):
+        o, t, b = cur_o.get(kind), cur_t.get(kind), cur_b.get(kind)
+        if o == t or t == b or t is None:
+            continue
+        if o == b or o is None:
+            merged[kind] = t
+            continue
+        plan.conflicts.append({"kind": "checkpoint", "model": kind, "ours": o, "theirs": t})
+        if prefer == "theirs":
+            merged[kind] = t
+    plan.current_models = merged
+    for d in sorted(mt.iterdir()) if mt.is_dir() else []:
+        if d.is_dir() and not (node.path / "models" / d.name).exists():
+            plan.models_to_copy.append(d)
+
+
+def _read_current(models_dir: Path) -> dict:
+    p = Path(models_dir) / "current.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _report(conflicts: list, rev: str) -> str:
+    lines = [f"merge of {rev} stopped: {len(conflicts)} conflict(s); the node is unchanged."]
+    for c in conflicts[:10]:
+        if c["kind"] == "label":
+            lines.append(f"  label conflict on {c['row']}: ours E={c['ours_energy']} theirs E={c['theirs_energy']}")
+        elif c["kind"] == "checkpoint":
+            lines.append(f"  checkpoint conflict on {c['model']}: ours {c['ours']} theirs {c['theirs']}")
+        else:
+            lines.append(f"  {c['kind']} conflict: ours {c['ours']} theirs {c['theirs']}")
+    if len(conflicts) > 10:
+        lines.append(f"  ... and {len(conflicts) - 10} more")
+    lines.append("  resolve with --prefer ours or --prefer theirs")
+    return "\n".join(lines)
+
+
+def _apply(node, plan: Plan, ours, theirs, rev: str, message: str | None) -> dict:
+    from nodestore.config import write_yaml
+    from nodestore.frames.columns import coerce
+
+    from . import dvc, git
+    from .init import now
+
+    table = node.table
+    before_manifest = dict(table.manifest)
+    node_yaml = (node.path / "node.yaml").read_text()
+    current_file = node.path / "models" / "current.json"
+    current_before = current_file.read_text() if current_file.exists() else None
+    merges = node.path / "data" / "merges.json"
+    merges_before = merges.read_text() if merges.exists() else None
+    copied_models = []
+    try:
+        seg_dir = table.path / "segments"
+        for sid, rows, atoms, src in plan.new_segments:
+            dest = seg_dir / f"{sid}.zip"
+            if not dest.exists():
+                tmp = seg_dir / f".tmp-merge-{sid}.zip"
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
+        manifest = dict(table.manifest)
+        manifest["segments"] = [*table.manifest["segments"],
+                                *({"id": sid, "rows": rows, "atoms": atoms} for sid, rows, atoms, _ in plan.new_segments)]
+        table._commit_manifest(manifest)
+        if plan.annotations or plan.deletions:
+            over, deleted = table._load_overlay()
+            over = {k: dict(v) for k, v in over.items()}
+            for k, row in plan.annotations.items():
+                over.setdefault(k, {}).update({c: coerce(c, [v])[0] for c, v in row.items()})
+            table._write_overlay(over, set(deleted) | set(plan.deletions))
+        for d in plan.models_to_copy:
+            dest = node.path / "models" / d.name
+            shutil.copytree(d, dest)
+            copied_models.append(dest)
+        current_file.write_text(json.dumps(plan.current_models, indent=1, sort_keys=True) + "\n")
+        cfg = node.config
+        cfg["system"] = plan.system
+        cfg["lineage"] = [*cfg.get("lineage", []), {
+            "event": "merge", "date": now(), "source": rev, "parent_commit": str(theirs.id),
+            "parent_node": _other_config(node, theirs).get("node_id", ""),
+        }]
+        write_yaml(node.path / "node.yaml", cfg, "node")
+        record = {
+            "merged": rev, "theirs": str(theirs.id), "segments_from_theirs": [s[0] for s in plan.new_segments],
+            "rows_from_theirs": int(sum(s[1] for s in plan.new_segments)) - len(plan.deletions),
+            "rows_on_both_sides": plan.same_rows, "conflicts_resolved": len(plan.conflicts),
+            "entries_linked": plan.entry_links,
+        }
+        history = json.loads(merges.read_text()) if merges.exists() else []
+        merges.write_text(json.dumps([*history, record], indent=1) + "\n")
+        table.gc()
+        dvc.add(node.path)
+        msg = message or f"merge {rev}: +{record['rows_from_theirs']} rows, {plan.same_rows} on both sides"
+        oid = git.commit(node.git, msg, parents=[ours.id, theirs.id])
+    except BaseException:
+        # put every file back as it was; HEAD has not moved
+        table._commit_manifest(before_manifest)
+        (node.path / "node.yaml").write_text(node_yaml)
+        if current_before is not None:
+            current_file.write_text(current_before)
+        for d in copied_models:
+            shutil.rmtree(d, ignore_errors=True)
+        if merges_before is None:
+            merges.unlink(missing_ok=True)
+        else:
+            merges.write_text(merges_before)
+        import pygit2
+
+        node.git.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE,
+                               paths=["data/table.dvc", "models.dvc"])
+        raise
+    return {"result": "merged", "commit": oid, **record}
