@@ -11,12 +11,23 @@ from nodestore.errors import SchemaError, ValidationError
 
 SCHEMA_VERSION = 1
 
+#: every section the loop's stages declare in dvc.yaml must exist (DVC checks params)
 DEFAULT_PARAMS: dict = {
     "schema_version": SCHEMA_VERSION,
     "import": {"min_distance": 0.5},
     "loop": {"iterations": []},
+    "generate": {"n": 24, "max_atoms": 16},
+    "screen": {"fmax": 0.1, "steps": 60, "relax_cell": True},
+    "select": {"n_lowest": 2, "n_diverse": 1, "n_uncertain": 1, "max_atoms": 16},
+    "label": {"primitive": True},
+    "train": {"min_frames": 2},
     "curate": {"stable_threshold": 0.1},
     "match": {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0},
+    "forcefield": {"backend": "chgnet", "pretrained": "0.3.0",
+                   "finetune": {"epochs": 5, "patience": 2, "lr": 0.0001, "max_seconds": 180}},
+    "labeller": {"backend": "gpaw", "ecut": 300, "kpt_density": 2.0, "smearing": 0.05, "timeout": 900},
+    "generator": {"backend": "pyxtal", "max_atoms": 16},
+    "executor": {"backend": "local", "processes": 1},
 }
 
 
@@ -72,3 +83,11 @@ def write_yaml(path: Path, doc: dict, schema: str) -> None:
 
 def default_params() -> dict:
     return copy.deepcopy(DEFAULT_PARAMS)
+
+
+def with_defaults(params: dict) -> dict:
+    """``params`` with every missing top-level section taken from the defaults."""
+    out = copy.deepcopy(params)
+    for key, value in DEFAULT_PARAMS.items():
+        out.setdefault(key, copy.deepcopy(value))
+    return out

@@ -30,3 +30,7 @@ def validate(document, name: str, where: str = "") -> None:
         err = errors[0]
         loc = "/".join(str(p) for p in err.path) or "(top level)"
         raise SchemaError(f"{where or name}: {loc}: {err.message}")
+    if name == "params" and isinstance(document, dict):
+        # the model sections have their own schema, kept beside the backends' docs
+        models = {k: document[k] for k in ("forcefield", "labeller", "generator", "executor") if k in document}
+        validate(models, "models.params", where=where)

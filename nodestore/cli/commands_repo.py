@@ -45,9 +45,17 @@ def import_(ctx, files, method, origin, fmt, min_distance, message):
 @MESSAGE
 @click.pass_context
 def commit(ctx, message):
-    """Record the work tree (table, models, params) as a commit."""
+    """Record the work tree (table, models, params) as a commit.
+
+    Finished loop iterations (after `dvc repro`) are committed first, one commit each, tagged iter-K.
+    """
+    from nodestore.loop.iterate import absorb
+
     node = open_node(ctx)
-    click.echo(node.commit(message or ""))
+    for c in absorb(node):
+        click.echo(f"iteration {c['iteration']} committed as {c['commit'][:10]} (tag iter-{c['iteration']})")
+    if message or node.status()["changed_files"]:
+        click.echo(node.commit(message or ""))
 
 
 @main.command()
@@ -237,3 +245,84 @@ def extend(ctx, elements, to, message):
     """Make a node for this system plus ELEMENTS at --to, carrying data and checkpoints."""
     new = open_node(ctx).extend("-".join(elements), to, message=message)
     click.echo(f"{new.name} node at {new.path}: {len(new.table)} frames carried")
+
+
+# -- remotes: remote add/list, push, fetch, pull, clone ------------------------
+
+@main.group("remote")
+def remote():
+    """Remotes: where push, fetch and pull go (git history + DVC objects under one URL)."""
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--git-url", default=None, help="Git URL of the history (default: URL/node.git; needed for s3://).")
+@click.option("--dvc-url", default=None, help="DVC remote URL of the objects (default: URL/objects).")
+@click.pass_context
+def remote_add(ctx, name, url, git_url, dvc_url):
+    """Add remote NAME at URL (a path, file://, ssh:// or s3:// with --git-url)."""
+    r = open_node(ctx).remote_add(name, url, git_url=git_url, dvc_url=dvc_url)
+    click.echo(f"remote {r['name']}: history {r['git_url']}, objects {r['dvc_url']}")
+
+
+@remote.command("list")
+@JSON_OPTION
+@click.pass_context
+def remote_list(ctx, as_json):
+    """The node's remotes."""
+    rows = open_node(ctx).remotes()
+    if as_json:
+        echo_json(rows)
+        return
+    table_print(rows, ["name", "url", "git_url", "dvc_url"])
+
+
+REMOTE_ARG = click.argument("remote_name", metavar="[REMOTE]", default="origin", required=False)
+BRANCH_OPTION = click.option("--branch", default=None, help="Branch (default: the current one).")
+
+
+@main.command()
+@REMOTE_ARG
+@BRANCH_OPTION
+@click.pass_context
+def push(ctx, remote_name, branch):
+    """Upload the objects REMOTE lacks, then move its branch and tags (objects first, refs last)."""
+    r = open_node(ctx).push(remote_name, branch=branch)
+    size = f", {r['bytes']} bytes" if r["bytes"] is not None else ""
+    click.echo(f"pushed {r['branch']} to {r['remote']} at {r['commit'][:10]}: {r['commits']} new commits, "
+               f"{r['objects']} objects{size}" + ("" if r["refs"] else " (refs already up to date)"))
+
+
+@main.command()
+@REMOTE_ARG
+@BRANCH_OPTION
+@click.pass_context
+def fetch(ctx, remote_name, branch):
+    """Fetch REMOTE's branch into REMOTE/BRANCH with the objects of its tip, verified."""
+    r = open_node(ctx).fetch(remote_name, branch=branch)
+    click.echo(f"fetched {r['ref']} at {r['commit'][:10]}: {r['objects']} objects")
+
+
+@main.command()
+@REMOTE_ARG
+@BRANCH_OPTION
+@click.option("--prefer", type=click.Choice(["ours", "theirs"]), default=None,
+              help="If a merge is needed, resolve label and checkpoint conflicts this way.")
+@click.pass_context
+def pull(ctx, remote_name, branch, prefer):
+    """fetch, then fast-forward the current branch or merge REMOTE/BRANCH into it."""
+    r = open_node(ctx).pull(remote_name, branch=branch, prefer=prefer)
+    click.echo(f"{r['result']}: {r['ref']} at {r['commit'][:10]} into {r['branch']}")
+
+
+@main.command()
+@click.argument("url")
+@click.argument("path", type=click.Path())
+@click.option("--branch", default=None, help="Branch to check out (default: the remote's HEAD).")
+def clone(url, path, branch):
+    """A new node at PATH from a remote URL or a .nsbundle file."""
+    from nodestore.repo import Node
+
+    node = Node.clone(url, path, branch=branch)
+    click.echo(f"cloned {node.name} node into {node.path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from .util import JSON_OPTION, echo_json, open_node, table_print
+from .util import JSON_OPTION, REV_OPTION, echo_json, open_node, table_print
 
 
 @main.command()
@@ -23,3 +23,181 @@ def demo(path, keep, as_json):
     table_print([{"step": k, "seconds": v} for k, v in doc["timings_s"].items()])
     click.echo(f"{doc['system']}: {doc['frames']} frames, {doc['labelled']} labelled, "
                f"{doc['entries']} entries, {doc['segments']} segments, {doc['iterations']} iterations")
+
+
+@main.command()
+@click.option("--method", default=None, help="Energy method of the hull (default: the node's reference method).")
+@click.option("--plot", type=click.Path(), default=None, help="Write a picture of the hull.")
+@REV_OPTION
+@JSON_OPTION
+@click.pass_context
+def hull(ctx, method, plot, rev, as_json):
+    """Convex hull of one energy method: stable phases and E_hull per formula."""
+    from nodestore.loop.actions import hull_report
+
+    r = hull_report(open_node(ctx), method=method, rev=rev, plot=plot)
+    if as_json:
+        echo_json(r)
+        return
+    click.echo(f"hull of {r['method']}: stable {', '.join(r['stable'])}")
+    table_print(r["phases"], ["formula", "e_hull", "e_form", "frame_id"])
+
+
+@main.command()
+@click.argument("expr")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "extxyz", "cif"]), default="table")
+@click.option("-o", "--output", type=click.Path(), default=None, help="File for extxyz/cif (default stdout for table/csv/json).")
+@REV_OPTION
+@click.pass_context
+def query(ctx, expr, fmt, output, rev):
+    """Rows matching EXPR, e.g. "e_hull < 0.025 and novelty == 'novel'"."""
+    from nodestore.frames.io import TABLE_COLUMNS, table_records, write_frames
+    from nodestore.loop.query import select_rows
+
+    node = open_node(ctx)
+    table = node.table_at(rev)
+    rows = select_rows(table, expr)
+    if fmt in ("extxyz", "cif"):
+        if not output:
+            raise click.UsageError(f"--format {fmt} needs -o FILE")
+        write_frames(table.read(rows), output, fmt)
+        click.echo(f"wrote {len(rows)} frames to {output}")
+        return
+    recs = table_records(table.read(rows, columns=[c for c in TABLE_COLUMNS]))
+    if output and fmt in ("csv", "json"):
+        write_frames(table.read(rows), output, fmt)
+        click.echo(f"wrote {len(rows)} rows to {output}")
+    elif fmt == "json":
+        echo_json(recs)
+    elif fmt == "csv":
+        import csv
+        import sys
+
+        w = csv.DictWriter(sys.stdout, fieldnames=list(TABLE_COLUMNS))
+        w.writeheader()
+        w.writerows(recs)
+    else:
+        table_print(recs, ["frame_id", "formula", "n_atoms", "method", "origin", "iteration", "e_hull", "novelty",
+                           "is_entry"])
+        click.echo(f"{len(rows)} rows")
+
+
+@main.command()
+@REV_OPTION
+@JSON_OPTION
+@click.pass_context
+def entropy(ctx, rev, as_json):
+    """Local-environment entropy H of the node (QUESTS), per element and overall."""
+    from nodestore.loop.actions import entropy_node
+
+    r = entropy_node(open_node(ctx), rev=rev)
+    if as_json:
+        echo_json(r)
+        return
+    click.echo(f"H = {r['H']:.4f} nats over {r['n_atoms']} atomic environments")
+    for el, h in (r.get("per_element") or {}).items():
+        click.echo(f"  {el}: {h:.4f}")
+
+
+@main.command()
+@click.option("--all", "all_rows", is_flag=True, help="Reclassify every row, not only the unclassified ones.")
+@click.option("-m", "--message", default=None)
+@JSON_OPTION
+@click.pass_context
+def classify(ctx, all_rows, message, as_json):
+    """Fill E_hull, novelty class, entries and chemical validity; one commit."""
+    from nodestore.loop.actions import classify_node
+
+    r = classify_node(open_node(ctx), message=message, all_rows=all_rows)
+    if as_json:
+        echo_json(r)
+        return
+    click.echo(f"classified {r['classified']} rows {r.get('novelty', '')}; hull: {r['hull']}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--model", default=None, help="Checkpoint id in models/ or a path (default: the node's current force field).")
+@click.option("--relax", is_flag=True, help="Relax cell and positions first.")
+@click.option("--fmax", type=float, default=0.05, show_default=True)
+@click.option("--steps", type=int, default=200, show_default=True)
+@JSON_OPTION
+@click.pass_context
+def predict(ctx, files, model, relax, fmax, steps, as_json):
+    """Energy per atom and E_hull (on the force field's own hull) of the structures in FILES."""
+    from nodestore.loop.actions import predict_files
+
+    rows = predict_files(open_node(ctx), files, model=model, relax=relax, fmax=fmax, steps=steps)
+    if as_json:
+        echo_json(rows)
+        return
+    table_print(rows, ["source", "formula", "n_atoms", "energy_per_atom", "e_hull", "method"])
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--labeller", default=None, help="Labeller backend (default: params.yaml's labeller section).")
+@click.option("--no-primitive", is_flag=True, help="Label the cells as given, not their primitive cells.")
+@click.option("--origin", type=click.Choice(["labelled", "reference"]), default="labelled")
+@click.option("-m", "--message", default=None)
+@JSON_OPTION
+@click.pass_context
+def label(ctx, files, labeller, no_primitive, origin, message, as_json):
+    """Label FILES with the first-principles labeller and commit them as frames with their method."""
+    from nodestore.loop.actions import label_files
+
+    r = label_files(open_node(ctx), files, labeller=labeller, message=message, reduce=not no_primitive, origin=origin)
+    if as_json:
+        echo_json(r)
+        return
+    click.echo(f"labelled {r['labelled']} with {r['method']}" + (f", commit {r['commit'][:10]}" if r["commit"] else ""))
+    for f in r["failures"]:
+        click.echo(f"  failed: {f['formula']} ({f['source']}): {f['error']}", err=True)
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["generate", "screen", "select", "label", "train", "curate"]))
+@click.argument("k", type=int)
+@click.pass_context
+def stage(ctx, name, k):
+    """Run loop stage NAME of iteration K (what dvc.yaml's commands call)."""
+    from nodestore.loop.stages import run_stage
+
+    r = run_stage(open_node(ctx), name, k)
+    click.echo(f"{name}@{k}: " + ", ".join(f"{a}={b}" for a, b in r.items() if not isinstance(b, dict)))
+
+
+@main.command()
+@click.option("--run", "run_", is_flag=True, help="Also run `dvc repro` and commit the iteration.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Dask scheduler for screening and labelling.")
+@click.option("-m", "--message", default=None)
+@JSON_OPTION
+@click.pass_context
+def iterate(ctx, run_, scheduler, message, as_json):
+    """Add the next loop iteration to params.yaml (and with --run, reproduce and commit it)."""
+    import os
+
+    from nodestore.loop.iterate import iterate as do
+
+    if scheduler:
+        os.environ["NODESTORE_SCHEDULER"] = scheduler
+    r = do(open_node(ctx), run=run_, message=message)
+    if as_json:
+        echo_json(r)
+        return
+    if r["added"]:
+        click.echo(f"added iteration {r['added']}" + ("" if run_ else "; run `dvc repro`, then `nodestore commit`"))
+    for c in r.get("committed", []):
+        click.echo(f"iteration {c['iteration']} committed as {c['commit'][:10]} (tag iter-{c['iteration']})")
+
+
+@main.command()
+@click.option("--out", "out_dir", default="report", show_default=True, type=click.Path())
+@REV_OPTION
+@click.pass_context
+def report(ctx, out_dir, rev):
+    """PNG plots and a one-page HTML: E_hull, entropy, learning curve, S.U.N., hull."""
+    from nodestore.loop.report import write_report
+
+    r = write_report(open_node(ctx), out_dir, rev=rev)
+    click.echo(f"wrote {len(r['plots'])} plots and {r['html']}")

@@ -370,10 +370,14 @@ class FrameTable:
         self._overlay = None
 
     def gc(self) -> list[Path]:
-        """Delete segment and overlay files no longer listed (not referenced by this manifest)."""
+        """Delete segment files this manifest does not list.
+
+        Overlays are kept: they are small, and the manifests pinned by loop
+        iterations still name them.
+        """
         keep = {p.name for p in self.files()}
         removed = []
-        for sub in ("segments", "overlays"):
+        for sub in ("segments",):
             d = self.path / sub
             if d.is_dir():
                 for f in d.iterdir():

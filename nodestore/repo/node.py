@@ -31,8 +31,8 @@ class Node:
     from .checkout import branch, branches, checkout, tag, tags
     from .merge import merge
     from .extend import extend
-    # from .remote import clone, fetch, pull, push, remote_add, remotes
-    # from .bundle import export_bundle
+    from .remote import clone, fetch, pull, push, remote_add, remotes
+    from .bundle import export_bundle
     from .models_store import add_checkpoint, current_models, list_checkpoints, set_current_model
 
     def __init__(self, path):

@@ -1,0 +1,187 @@
+"""Commands that join the models and the node outside the loop: label, predict, hull, classify, entropy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nodestore.errors import NodestoreError, ValidationError
+
+
+def _read(files) -> list:
+    from nodestore.frames.io import read_file
+
+    images = []
+    for f in files:
+        images.extend(read_file(f))
+    return images
+
+
+def primitive(atoms):
+    """The primitive standard cell (same energy per atom, fewer atoms to label)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    s = AseAtomsAdaptor.get_structure(atoms)
+    try:
+        p = SpacegroupAnalyzer(s, symprec=0.01).get_primitive_standard_structure()
+    except Exception:  # spglib gives up on some cells: label the cell as given
+        return atoms
+    out = AseAtomsAdaptor.get_atoms(p)
+    out.info.update(atoms.info)
+    return out
+
+
+def label_files(node, files, labeller: str | None = None, message: str | None = None, reduce: bool = True,
+                origin: str = "labelled", images=None) -> dict:
+    """Label the structures of ``files`` with the node's labeller and commit them as frames."""
+    from nodestore.frames import FrameBatch
+    from nodestore.frames.validate import Rules, validate_batch
+    from nodestore.models.labeller import to_atoms
+
+    from .stages import load_labeller, make_executor
+
+    if images is None:
+        images = _read(files)
+    images = [primitive(a) if reduce else a for a in images]
+    for a in images:
+        a.calc = None
+    validate_batch(FrameBatch.from_atoms(images), Rules(elements=frozenset(node.system)))
+    params_lab = dict(node.params.get("labeller") or {})
+    if labeller:
+        params_lab = {"backend": labeller}
+    from nodestore.models.registry import from_config
+
+    lab = from_config("labeller", params_lab) if labeller else load_labeller(node)
+    with make_executor(node) as ex:
+        labels = lab.label(images, executor=ex, progress=True)
+    good, failures = [], []
+    for a, res in zip(images, labels):
+        if res["ok"]:
+            b = to_atoms(a, res)
+            b.info = {"origin": origin, "source": a.info.get("source", "")}
+            good.append(b)
+        else:
+            failures.append({"source": a.info.get("source", ""), "formula": a.get_chemical_formula(),
+                             "error": res["error"]})
+    out = {"labelled": len(good), "failures": failures, "method": lab.method, "commit": None}
+    if good:
+        batch = FrameBatch.from_atoms(good, method=lab.method)
+        table = node.table
+        seg = table.append(batch)
+        if seg is not None:
+            out["commit"] = node.commit(message or f"label {len(good)} structures with {lab.method}")
+    return out
+
+
+def predict_files(node, files, model: str | None = None, relax: bool = False, fmax: float = 0.05,
+                  steps: int = 200) -> list[dict]:
+    """Energy per atom (and E_hull on this force field's own hull) for each structure of ``files``."""
+    from nodestore.chem.hull import compute_hull, reference_structures
+    from nodestore.models.registry import load_checkpoint
+
+    from .stages import FF_PREFIX, load_forcefield
+
+    images = _read(files)
+    if model:
+        path = Path(model)
+        if not path.exists():
+            path = node.path / "models" / model
+        if not path.exists():
+            raise ValidationError(f"no checkpoint {model!r} (see `nodestore model list`)")
+        ff = load_checkpoint(path)
+    else:
+        cur = node.current_models().get("forcefield")
+        ff = load_checkpoint(node.path / "models" / cur) if cur else load_forcefield(node, Path("/nonexistent"))
+    if relax:
+        res = ff.relax(images, fmax=fmax, steps=steps)
+        energies = [r["energy"] for r in res]
+        finals = [r["atoms"] for r in res]
+    else:
+        energies = [r["energy"] for r in ff.predict(images)]
+        finals = images
+    method = FF_PREFIX + ff.method
+    out = [{"source": a.info.get("source", ""), "formula": b.get_chemical_formula("metal"),
+            "n_atoms": len(b), "energy": float(e), "energy_per_atom": float(e) / len(b), "method": method}
+           for a, b, e in zip(images, finals, energies)]
+    refs = reference_structures(node.system)
+    try:
+        ref_res = ff.relax(refs, fmax=max(fmax, 0.05), steps=steps)
+        hull = compute_hull([(b, e, method) for b, e in zip(finals, energies)], method,
+                            references=[(r["atoms"], r["energy"], method) for r in ref_res], include_items=False)
+        for o, eh in zip(out, hull.e_hull):
+            o["e_hull"] = float(eh)
+    except NodestoreError as exc:
+        for o in out:
+            o["e_hull"] = None
+            o["e_hull_note"] = str(exc)
+    return out
+
+
+def hull_report(node, method: str | None = None, rev: str | None = None, plot: str | None = None) -> dict:
+    from nodestore.chem.api import hull_for_table
+
+    table = node.table_at(rev)
+    method = method or node.config["reference_method"]
+    diagram, e_hull, e_form = hull_for_table(table, method)
+    if plot:
+        from nodestore.chem.hull import plot_hull
+
+        plot_hull(diagram, plot)
+    rows = np.nonzero(np.isfinite(e_hull))[0]
+    formula = table.column("formula")
+    ids = table.column("frame_id")
+    best: dict[str, dict] = {}
+    for r in rows:
+        f = formula[r]
+        if f not in best or e_hull[r] < best[f]["e_hull"]:
+            best[f] = {"formula": f, "frame_id": ids[r], "e_hull": float(e_hull[r]), "e_form": float(e_form[r])}
+    stable = sorted(e.composition.reduced_formula for e in diagram.stable_entries)
+    return {"method": method, "stable": stable, "phases": sorted(best.values(), key=lambda d: (d["e_hull"], d["formula"]))}
+
+
+def classify_node(node, message: str | None = None, all_rows: bool = False) -> dict:
+    """Fill hull, novelty and entry columns for the frames that lack them; one commit."""
+    from nodestore.chem.api import classify_table, hull_for_table
+
+    table = node.table
+    method = node.config["reference_method"]
+    try:
+        _, e_hull, e_form = hull_for_table(table, method)
+        rows = np.nonzero(table.column("method") == method)[0]
+        table.annotate(list(table.row_keys()[rows]), {"e_hull": e_hull[rows], "e_form": e_form[rows]})
+        hull_note = "ok"
+    except NodestoreError as exc:
+        hull_note = str(exc)
+    todo = None if all_rows else np.nonzero(table.column("novelty") == "")[0]
+    if todo is not None and not len(todo):
+        return {"classified": 0, "hull": hull_note, "commit": None}
+    keys, cols = classify_table(table, params=_match(node))
+    table.annotate(keys, cols)
+    counts = {c: int(np.sum(np.asarray(cols["novelty"]) == c)) for c in ("duplicate", "substitution", "novel")}
+    commit = node.commit(message or f"classify {len(keys)} rows: {counts}")
+    return {"classified": len(keys), "novelty": counts, "entries": int(np.sum(cols["is_entry"])),
+            "hull": hull_note, "commit": commit}
+
+
+def _match(node) -> dict:
+    m = dict(node.params.get("match") or {})
+    return {k: float(m[k]) for k in ("ltol", "stol", "angle_tol") if k in m}
+
+
+def entropy_node(node, rev: str | None = None) -> dict:
+    from nodestore.chem.api import entropy_report
+
+    return entropy_report(node.table_at(rev))
+
+
+def label_references(node, message: str | None = None) -> dict:
+    """Label the reference phases of the node's system (shipped files plus bcc Li and antifluorite Li2S)."""
+    from nodestore.chem.hull import reference_structures
+
+    refs = reference_structures(node.system)
+    for a in refs:
+        a.info["source"] = a.info.get("name", a.info.get("source", "reference"))
+    return label_files(node, [], images=refs, origin="reference",
+                       message=message or "label the reference phases")

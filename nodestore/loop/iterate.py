@@ -1,0 +1,144 @@
+"""Advancing the loop: add an iteration, ``dvc repro``, and commit what it made.
+
+``nodestore iterate`` appends ``{k, prev}`` to ``loop.iterations`` in
+params.yaml (the first time it also pins iteration 0: the table manifest and
+the current checkpoints).  ``dvc repro`` then runs only the new stages.
+``nodestore commit`` (or ``iterate --run``, which does all three) absorbs every
+finished iteration: the curated segment is listed in the node's table, the new
+checkpoints become current, the hull of the reference method is recomputed, and
+the iteration ends as one commit tagged ``iter-k``.  Until then the node's
+data and models are untouched, so killing ``dvc repro`` at any moment leaves
+the node at its last commit; running again finishes the iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nodestore.config import with_defaults, write_yaml
+from nodestore.errors import NodestoreError
+
+from .stages import iter_dir, read_table
+
+
+def _tagged(node, k: int) -> bool:
+    return f"refs/tags/iter-{k}" in node.git.references
+
+
+def pending(node) -> list[int]:
+    """Iterations listed in params.yaml and not yet committed (no iter-k tag)."""
+    return [it["k"] for it in node.params["loop"]["iterations"] if not _tagged(node, it["k"])]
+
+
+def _seed(node) -> None:
+    """Pin iteration 0: the table as it is and the current checkpoints."""
+    from nodestore.repo import dvc
+
+    d = iter_dir(node, 0)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "table.json").write_text(json.dumps(node.table.manifest, indent=1, sort_keys=True) + "\n")
+    models = d / "models"
+    if models.exists():
+        shutil.rmtree(models)
+    models.mkdir()
+    cur = node.current_models()
+    for kind in ("forcefield", "generator"):
+        if kind in cur:
+            shutil.copytree(node.path / "models" / cur[kind], models / kind)
+    (models / "seed.json").write_text(json.dumps({"from_current": cur}, indent=1, sort_keys=True) + "\n")
+    dvc.add(node.path, targets=[str(models.relative_to(node.path))])
+
+
+def iterate(node, run: bool = False, message: str | None = None) -> dict:
+    """Add the next iteration to params.yaml (unless one is pending); with ``run``, reproduce and commit it."""
+    todo = pending(node)
+    added = None
+    if not todo:
+        params = with_defaults(node.params)
+        its = params["loop"]["iterations"]
+        k = (its[-1]["k"] + 1) if its else 1
+        if not its and not (iter_dir(node, 0) / "table.json").exists():
+            _seed(node)
+        its.append({"k": k, "prev": k - 1})
+        write_yaml(node.path / "params.yaml", params, "params")
+        node.commit(f"iterate: add iteration {k}")
+        added = k
+        todo = [k]
+    out = {"added": added, "pending": todo}
+    if run:
+        reproduce(node)
+        out["committed"] = absorb(node, message=message)
+    return out
+
+
+def reproduce(node) -> None:
+    """``dvc repro`` in process, with this interpreter's ``nodestore`` on PATH for the stage commands."""
+    from nodestore.repo import dvc
+
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    from dvc.repo import Repo
+
+    import contextlib
+
+    dvc._quiet()
+    with dvc.dvc_errors("dvc repro"), contextlib.chdir(node.path):
+        repo = Repo(str(node.path))
+        try:
+            repo.reproduce()
+        finally:
+            repo.close()
+
+
+def absorb(node, message: str | None = None) -> list[dict]:
+    """Commit every finished, uncommitted iteration (in order), tagging each ``iter-k``."""
+    done = []
+    for k in pending(node):
+        curated = iter_dir(node, k) / "curated"
+        if not (curated / "manifest.json").exists():
+            break
+        done.append(_absorb_one(node, k, message))
+    return done
+
+
+def _absorb_one(node, k: int, message: str | None) -> dict:
+    from nodestore.chem.api import hull_for_table
+
+    table = node.table
+    cur = read_table(iter_dir(node, k) / "curated")
+    for s in cur.manifest["segments"]:
+        src = cur.path / "segments" / f"{s['id']}.zip"
+        dest = table.path / "segments" / src.name
+        if not dest.exists():
+            tmp = dest.with_name(f".tmp-absorb-{src.name}")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        table.add_segment(s["id"], s["rows"], s["atoms"])
+    # the hull of the reference method moves when new phases arrive: recompute it for every row
+    method = node.config["reference_method"]
+    try:
+        _, e_hull, e_form = hull_for_table(table, method)
+        rows = np.nonzero(table.column("method") == method)[0]
+        keys = table.row_keys()[rows]
+        table.annotate(list(keys), {"e_hull": e_hull[rows], "e_form": e_form[rows]})
+    except NodestoreError:
+        pass
+    models = iter_dir(node, k) / "models"
+    for kind in ("forcefield", "generator"):
+        if (models / kind / "meta.json").exists():
+            node.add_checkpoint(models / kind, kind)
+    (iter_dir(node, k) / "table.json").write_text(json.dumps(node.table.manifest, indent=1, sort_keys=True) + "\n")
+    metrics = json.loads((iter_dir(node, k) / "metrics.json").read_text())
+    sun = metrics.get("sun", {})
+    msg = message or (f"iteration {k}: {metrics.get('candidates')} candidates, {metrics.get('screened')} screened, "
+                      f"{metrics.get('labelled')} labelled, S.U.N. {sun.get('sun', sun)}")
+    commit = node.commit(msg)
+    node.tag(f"iter-{k}", commit)
+    return {"iteration": k, "commit": commit, "sun": sun}

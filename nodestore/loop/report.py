@@ -1,0 +1,147 @@
+"""``nodestore report``: the loop's story as PNG plots and one HTML page."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _iterations(node) -> list[dict]:
+    out = []
+    base = node.path / "loop"
+    for d in sorted(base.glob("iter-*"), key=lambda p: int(p.name.split("-")[1])):
+        m = d / "metrics.json"
+        if m.exists():
+            doc = json.loads(m.read_text())
+            eh = d / "ehull.csv"
+            doc["_ehull"] = []
+            if eh.exists():
+                for line in eh.read_text().splitlines()[1:]:
+                    parts = line.split(",")
+                    doc["_ehull"].append((parts[2], float(parts[3]), parts[4]))
+            out.append(doc)
+    return out
+
+
+def write_report(node, out_dir, rev: str | None = None) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    its = _iterations(node)
+    ks = [it["iteration"] for it in its]
+    plots = []
+
+    # 1. E_hull distribution per iteration (force-field screening and labelled)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for it in its:
+        ff = [e for m, e, _ in it["_ehull"] if m.startswith("ff:")]
+        lab = [e for m, e, _ in it["_ehull"] if not m.startswith("ff:")]
+        k = it["iteration"]
+        if ff:
+            ax.scatter(np.full(len(ff), k - 0.1) + np.random.default_rng(k).uniform(-0.05, 0.05, len(ff)), ff,
+                       s=12, alpha=0.6, color="tab:blue", label="force field" if k == ks[0] else None)
+        if lab:
+            ax.scatter(np.full(len(lab), k + 0.1), lab, s=30, marker="D", color="tab:red",
+                       label=f"labelled ({it['method']})" if k == ks[0] else None)
+    ax.axhline(0.1, ls="--", color="grey", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("E_hull (eV/atom)")
+    ax.set_title("E_hull of new structures per iteration")
+    if its:
+        ax.legend(fontsize=8)
+    plots.append(_save(fig, out / "ehull.png"))
+
+    # 2. entropy H and dH per iteration: the saturation diagnostic
+    fig, ax = plt.subplots(figsize=(6, 4))
+    h = [it.get("entropy", {}).get("H_after") for it in its]
+    h0 = its[0].get("entropy", {}).get("H_before") if its else None
+    dh = [(it.get("entropy", {}).get("delta") or {}).get("mean") for it in its]
+    xs = [0] + ks if h0 is not None else ks
+    ys = ([h0] if h0 is not None else []) + h
+    ax.plot(xs, [np.nan if y is None else y for y in ys], "o-", label="H of the node (nats)")
+    ax2 = ax.twinx()
+    ax2.bar(ks, [np.nan if y is None else y for y in dh], alpha=0.3, color="tab:orange", label="mean dH of new frames")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("H (nats)")
+    ax2.set_ylabel("dH (nats)")
+    ax.set_title("Local-environment entropy (QUESTS)")
+    fig.legend(loc="lower right", fontsize=8)
+    plots.append(_save(fig, out / "entropy.png"))
+
+    # 3. force-field learning curve: RMSE against labelled frames before and after each fine-tune
+    fig, ax = plt.subplots(figsize=(6, 4))
+    before = [((it.get("train") or {}).get("before") or {}).get("energy_rmse_per_atom") for it in its]
+    after = [((it.get("train") or {}).get("after") or {}).get("energy_rmse_per_atom") for it in its]
+    fb = [((it.get("train") or {}).get("before") or {}).get("force_rmse") for it in its]
+    fa = [((it.get("train") or {}).get("after") or {}).get("force_rmse") for it in its]
+    ax.plot(ks, _nan(before), "o--", label="energy RMSE before fine-tune")
+    ax.plot(ks, _nan(after), "o-", label="energy RMSE after")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("energy RMSE (eV/atom)")
+    ax3 = ax.twinx()
+    ax3.plot(ks, _nan(fb), "s--", color="tab:green", alpha=0.6, label="force RMSE before")
+    ax3.plot(ks, _nan(fa), "s-", color="tab:green", label="force RMSE after")
+    ax3.set_ylabel("force RMSE (eV/Å)")
+    ax.set_title("Force field against labelled frames")
+    fig.legend(loc="upper right", fontsize=8)
+    plots.append(_save(fig, out / "learning_curve.png"))
+
+    # 4. S.U.N. counts per iteration
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.25
+    for j, t in enumerate(("0.0", "0.025", "0.1")):
+        vals = [((it.get("sun") or {}).get("by_threshold") or {}).get(t, {}).get("sun", 0) for it in its]
+        ax.bar(np.array(ks) + (j - 1) * width, vals, width, label=f"E_hull ≤ {t}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("stable, unique, novel")
+    ax.set_title("S.U.N. structures per iteration")
+    ax.legend(fontsize=8)
+    plots.append(_save(fig, out / "sun.png"))
+
+    # 5. the hull of the reference method, new stable phases marked
+    hull_note = ""
+    try:
+        from nodestore.loop.actions import hull_report
+
+        r = hull_report(node, rev=rev, plot=str(out / "hull.png"))
+        plots.append(out / "hull.png")
+        hull_note = f"stable phases on the {r['method']} hull: {', '.join(r['stable'])}"
+    except Exception as exc:  # a node without labelled references has no hull: say so on the page
+        hull_note = f"no hull: {exc}"
+    doc = node.show(rev)
+    page = out / "index.html"
+    rows = "".join(
+        f"<tr><td>{it['iteration']}</td><td>{it.get('candidates')}</td><td>{it.get('screened')}</td>"
+        f"<td>{it.get('labelled')}</td><td>{((it.get('sun') or {}).get('by_threshold') or {}).get('0.1', {}).get('sun')}</td></tr>"
+        for it in its)
+    imgs = "".join(f'<figure><img src="{p.name}" width="480"><figcaption>{p.stem}</figcaption></figure>' for p in plots)
+    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(doc['system'])} node report</title>
+<style>body{{font-family:sans-serif;max-width:1040px;margin:auto}} figure{{display:inline-block;margin:4px}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}</style></head><body>
+<h1>{html.escape(doc['system'])} node</h1>
+<p>commit {doc['commit'][:10]} &middot; {doc['frames']} frames, {doc['labelled']} labelled, {doc['entries']} entries,
+{doc['iterations']} iterations &middot; {html.escape(hull_note)}</p>
+<table><tr><th>iteration</th><th>candidates</th><th>screened</th><th>labelled</th><th>S.U.N. (≤0.1 eV/atom)</th></tr>{rows}</table>
+{imgs}</body></html>
+""")
+    return {"plots": [str(p) for p in plots], "html": str(page)}
+
+
+def _nan(xs):
+    return [np.nan if x is None else x for x in xs]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,537 @@
+"""One entry point per DVC stage: ``nodestore stage NAME K``.
+
+Each stage reads only its declared deps (``loop/iter-{prev}/models``,
+``loop/iter-{prev}/table.json``, earlier outs of iteration k) and writes only
+its declared outs under ``loop/iter-{k}/``.  Tables between stages are
+FrameTables (a manifest plus one content-addressed segment), so the curated
+segment of iteration k enters the node's table by being listed, not rewritten.
+Outs are written to a temporary directory and renamed into place: a stage
+killed at any moment leaves either nothing or its complete output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from nodestore.errors import NodestoreError, ValidationError
+
+STAGES = ("generate", "screen", "select", "label", "train", "curate")
+FF_PREFIX = "ff:"
+
+
+# -- paths and helpers -------------------------------------------------------------
+
+def iter_dir(node, k: int) -> Path:
+    return node.path / "loop" / f"iter-{k}"
+
+
+def iteration_item(node, k: int) -> dict:
+    for item in node.params["loop"]["iterations"]:
+        if item["k"] == k:
+            return item
+    raise ValidationError(f"iteration {k} is not in params.yaml loop.iterations; run `nodestore iterate`")
+
+
+def snapshot_table(node, k: int):
+    """The node's table as iteration k left it (its manifest pins immutable segments)."""
+    from nodestore.frames import FrameTable
+
+    path = iter_dir(node, k) / "table.json"
+    if not path.exists():
+        raise NodestoreError(f"{path} is missing: iteration {k} was not committed (run `nodestore commit`)")
+    return FrameTable(node.path / "data" / "table", json.loads(path.read_text()))
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary directory that replaces ``final`` only when the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_table(directory: Path, batch) -> None:
+    from nodestore.frames import FrameTable
+
+    t = FrameTable.create(directory)
+    if len(batch):
+        t.append(batch, dedup=False)
+
+
+def read_table(directory: Path):
+    from nodestore.frames import FrameTable
+
+    return FrameTable.open(directory)
+
+
+def section(params: dict, name: str) -> dict:
+    return dict(params.get(name) or {})
+
+
+def _threads():
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+    except ImportError:
+        pass
+
+
+def _pause_for_tests(stage: str) -> None:
+    """Kill-and-rerun tests stop a stage in the middle of its work here."""
+    marker = os.environ.get("NODESTORE_PAUSE_IN")
+    if marker == stage:
+        Path(os.environ["NODESTORE_PAUSE_FILE"]).write_text(str(os.getpid()))
+        time.sleep(600)
+
+
+def load_forcefield(node, models_dir: Path):
+    from nodestore.models.registry import from_config, load_checkpoint
+
+    ckpt = models_dir / "forcefield"
+    if (ckpt / "meta.json").exists():
+        return load_checkpoint(ckpt)
+    return from_config("forcefield", section(node.params, "forcefield"))
+
+
+def load_generator(node, models_dir: Path):
+    from nodestore.models.registry import from_config, load_checkpoint
+
+    ckpt = models_dir / "generator"
+    if (ckpt / "meta.json").exists():
+        return load_checkpoint(ckpt)
+    cfg = section(node.params, "generator")
+    if cfg.get("backend", "pyxtal") == "pyxtal":
+        cfg.setdefault("elements", node.system)
+    return from_config("generator", cfg)
+
+
+def load_labeller(node):
+    from nodestore.models.registry import from_config
+
+    return from_config("labeller", section(node.params, "labeller"))
+
+
+def make_executor(node):
+    from nodestore.models.executor import make_executor as mk
+
+    cfg = section(node.params, "executor")
+    spec = os.environ.get("NODESTORE_SCHEDULER") or cfg.pop("scheduler", None)
+    cfg.pop("backend", None)
+    return mk(spec, **cfg)
+
+
+# -- the stages --------------------------------------------------------------------
+
+def generate(node, k: int) -> dict:
+    """N candidates from generator(k-1), conditioned on the node's system."""
+    item = iteration_item(node, k)
+    prev = iter_dir(node, item["prev"])
+    p = section(node.params, "generate")
+    gen = load_generator(node, prev / "models")
+    n = int(p.get("n", 24))
+    conditions = {"max_atoms": int(p.get("max_atoms", 24))}
+    if "target_e_hull" in p:
+        conditions["target_e_hull"] = float(p["target_e_hull"])
+    _pause_for_tests("generate")
+    images = gen.sample(n, compositions=p.get("compositions"), conditions=conditions)
+    from nodestore.frames import FrameBatch
+
+    for a in images:
+        a.info = {"spacegroup": int(a.info.get("spacegroup", 0)), "source": f"generate@{k}"}
+    batch = FrameBatch.from_atoms(images, origin="generated", iteration=k)
+    with atomic_dir(iter_dir(node, k) / "candidates") as out:
+        write_table(out, batch)
+    return {"candidates": len(batch)}
+
+
+def screen(node, k: int) -> dict:
+    """Relax the candidates with force field(k-1); drop duplicates; E_hull on the force-field hull."""
+    from nodestore.chem.hull import compute_hull, reference_structures
+    from nodestore.chem.matcher import Matcher
+    from nodestore.frames import FrameBatch
+
+    _threads()
+    item = iteration_item(node, k)
+    prev = iter_dir(node, item["prev"])
+    p = section(node.params, "screen")
+    cands = read_table(iter_dir(node, k) / "candidates")
+    ff = load_forcefield(node, prev / "models")
+    method = FF_PREFIX + ff.method
+    images = cands.to_atoms()
+    # duplicates among the candidates and of the node's entries are dropped before relaxing
+    table = snapshot_table(node, item["prev"])
+    matcher = Matcher(**_match_params(node))
+    known_rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
+    known = table.structures(known_rows) if len(known_rows) else []
+    structures = cands.structures()
+    keep = _not_duplicates(matcher, structures, known)
+    images = [images[i] for i in keep]
+    _pause_for_tests("screen")
+    relax = dict(fmax=float(p.get("fmax", 0.1)), steps=int(p.get("steps", 60)),
+                 relax_cell=bool(p.get("relax_cell", True)))
+    relaxed = ff.relax(images, **relax) if images else []
+    # the force-field hull: its own energies of the reference phases, relaxed the same way
+    refs = reference_structures(node.system)
+    ref_relaxed = ff.relax(refs, **relax)
+    out_images = []
+    for src, r in zip(images, relaxed):
+        a = r["atoms"]
+        a.info = {"parent_id": src.info["frame_id"], "spacegroup": src.info.get("spacegroup", 0),
+                  "origin": "relaxed", "source": f"screen@{k}"}
+        _attach(a, r)
+        out_images.append(a)
+    ref_images = []
+    for r in ref_relaxed:
+        a = r["atoms"]
+        a.info = {"origin": "reference", "source": f"screen@{k}"}
+        _attach(a, r)
+        ref_images.append(a)
+    batch = FrameBatch.from_atoms(out_images + ref_images, method=method, iteration=k, checkpoint=ff.hash or "")
+    items = [(a, a.get_potential_energy(), method) for a in out_images + ref_images]
+    try:
+        res = compute_hull(items, method)
+        e_hull = np.asarray(res.e_hull, dtype=float)
+        e_form = np.asarray(res.e_form, dtype=float)
+    except NodestoreError:
+        e_hull = e_form = np.full(len(items), np.nan)
+    batch = batch.with_columns(e_hull=e_hull, e_form=e_form)
+    converged = sum(bool(r["converged"]) for r in relaxed)
+    with atomic_dir(iter_dir(node, k) / "screened") as out:
+        write_table(out, batch)
+        (out / "screen.json").write_text(json.dumps({
+            "candidates": len(cands), "duplicates_dropped": len(cands) - len(images), "relaxed": len(relaxed),
+            "converged": converged, "method": method}, indent=1))
+    return {"screened": len(relaxed), "duplicates_dropped": len(cands) - len(images)}
+
+
+def _match_params(node) -> dict:
+    m = section(node.params, "match")
+    return {k: float(m[k]) for k in ("ltol", "stol", "angle_tol") if k in m}
+
+
+def _not_duplicates(matcher, structures, known) -> list[int]:
+    """Indices of structures that match neither an earlier one nor a known one."""
+    prepared = matcher.prepare(structures)
+    rep = matcher.dedup(prepared)
+    firsts = [i for i in range(len(structures)) if rep[i] < 0]
+    if not known or not firsts:
+        return firsts
+    from nodestore.chem.novelty import classify
+
+    nov = classify([prepared[i] for i in firsts], known=matcher.prepare(known), matcher=matcher, dedup_batch=False)
+    return [i for i, c in zip(firsts, nov.classes) if c != "duplicate"]
+
+
+def _attach(atoms, result: dict) -> None:
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    res = {"energy": float(result["energy"]), "forces": np.asarray(result["forces"])}
+    if result.get("stress") is not None:
+        res["stress"] = np.asarray(result["stress"])
+    atoms.calc = SinglePointCalculator(atoms, **res)
+
+
+def select(node, k: int) -> dict:
+    """The few to label: lowest E_hull, diverse prototypes, and the most uncertain (highest dH)."""
+    from nodestore.chem.entropy import delta_entropy
+
+    p = section(node.params, "select")
+    screened = read_table(iter_dir(node, k) / "screened")
+    rows = np.nonzero(screened.column("origin") == "relaxed")[0]
+    n_atoms = screened.column("n_atoms")
+    rows = rows[n_atoms[rows] <= int(p.get("max_atoms", 32))]
+    e_hull = screened.column("e_hull")
+    formula = screened.column("formula")
+    spg = screened.column("spacegroup")
+    chosen: list[int] = []
+    reasons: dict[int, str] = {}
+    order = rows[np.argsort(np.where(np.isfinite(e_hull[rows]), e_hull[rows], np.inf), kind="stable")]
+    for r in order[: int(p.get("n_lowest", 2))]:
+        chosen.append(int(r))
+        reasons[int(r)] = "lowest e_hull"
+    seen = {(formula[r], spg[r]) for r in chosen}
+    for r in order:
+        if len([c for c in chosen if reasons[c] == "diverse"]) >= int(p.get("n_diverse", 1)):
+            break
+        key = (formula[r], spg[r])
+        if int(r) not in chosen and key not in seen:
+            chosen.append(int(r))
+            reasons[int(r)] = "diverse"
+            seen.add(key)
+    n_unc = int(p.get("n_uncertain", 1))
+    rest = [int(r) for r in rows if int(r) not in chosen]
+    if n_unc and rest:
+        table = snapshot_table(node, iteration_item(node, k)["prev"])
+        ref = table.to_atoms(_sample_rows(len(table), 64))
+        scores = []
+        for r in rest:
+            d = delta_entropy(screened.to_atoms([r]), ref)
+            scores.append(d.as_dict().get("mean", 0.0))
+        for j in np.argsort(scores)[::-1][:n_unc]:
+            chosen.append(rest[int(j)])
+            reasons[rest[int(j)]] = "uncertain (highest dH)"
+    batch = screened.read(chosen) if chosen else screened.read([])
+    with atomic_dir(iter_dir(node, k) / "selected") as out:
+        write_table(out, batch)
+        (out / "select.json").write_text(json.dumps(
+            [{"frame_id": batch["frame_id"][i], "reason": reasons[r]} for i, r in enumerate(chosen)], indent=1))
+    return {"selected": len(chosen)}
+
+
+def _sample_rows(n: int, m: int) -> list[int]:
+    if n <= m:
+        return list(range(n))
+    return sorted(np.random.default_rng(0).choice(n, m, replace=False).tolist())
+
+
+def label(node, k: int) -> dict:
+    """The labeller on the selected frames, through the executor; failures recorded, never labelled."""
+    from nodestore.frames import FrameBatch
+    from nodestore.models.labeller import to_atoms
+
+    from .actions import primitive
+
+    selected = read_table(iter_dir(node, k) / "selected")
+    images = selected.to_atoms()
+    if section(node.params, "label").get("primitive", True):
+        images = [primitive(a) for a in images]
+    for a in images:
+        a.calc = None
+    lab = load_labeller(node)
+    _pause_for_tests("label")
+    with make_executor(node) as ex:
+        labels = lab.label(images, executor=ex, progress=True)
+    good, failures = [], []
+    for a, res in zip(images, labels):
+        if res["ok"]:
+            b = to_atoms(a, res)
+            b.info = {"parent_id": a.info["frame_id"], "origin": "labelled", "source": f"label@{k}",
+                      "spacegroup": a.info.get("spacegroup", 0)}
+            good.append(b)
+        else:
+            failures.append({"frame_id": a.info["frame_id"], "error": res["error"], "failure": res.get("failure")})
+    batch = FrameBatch.from_atoms(good, method=lab.method, iteration=k)
+    with atomic_dir(iter_dir(node, k) / "labelled") as out:
+        write_table(out, batch)
+        (out / "label.json").write_text(json.dumps({
+            "method": lab.method, "method_info": lab.method_info, "labelled": len(good), "failures": failures,
+            "seconds": [round(float(r.get("seconds", 0.0)), 2) for r in labels]}, indent=1, default=str))
+    return {"labelled": len(good), "failed": len(failures)}
+
+
+def train(node, k: int) -> dict:
+    """Fine-tune force field(k-1) on every labelled frame of the node's method; update generator(k-1)."""
+    _threads()
+    item = iteration_item(node, k)
+    prev = iter_dir(node, item["prev"])
+    method = node.config["reference_method"]
+    table = snapshot_table(node, item["prev"])
+    rows = np.nonzero((table.column("method") == method) & np.isfinite(table.column("energy")))[0]
+    frames = table.to_atoms(rows) if len(rows) else []
+    new = read_table(iter_dir(node, k) / "labelled")
+    frames += [a for a in new.to_atoms() if a.info["method"] == method]
+    frames = [f for f in frames if f.calc is not None and "forces" in f.calc.results]
+    ff = load_forcefield(node, prev / "models")
+    ft = section(section(node.params, "forcefield"), "finetune")
+    metrics = {"method": method, "frames": len(frames), "parent": ff.hash}
+    _pause_for_tests("train")
+    if len(frames) >= int(section(node.params, "train").get("min_frames", 2)):
+        before = ff.evaluate(frames)
+        tuned = ff.finetune(frames, **{k_: v for k_, v in ft.items() if v is not None})
+        after = tuned.evaluate(frames)
+        metrics.update({"before": before, "after": after, "finetune": tuned.metrics})
+    else:
+        tuned = ff
+        metrics["skipped"] = f"only {len(frames)} labelled frame(s) of {method}"
+    gen = load_generator(node, prev / "models")
+    outcomes = _outcomes(node, k)
+    gen2 = gen.update(outcomes) if outcomes else gen
+    with atomic_dir(iter_dir(node, k) / "models") as out:
+        tuned.save(out / "forcefield")
+        gen2.save(out / "generator")
+    (iter_dir(node, k) / "train.json").write_text(json.dumps(metrics, indent=1, default=float))
+    return {"trained_on": len(frames), "generator_outcomes": len(outcomes)}
+
+
+def _outcomes(node, k: int) -> list[dict]:
+    """What each screened proposal earned: 1 if predicted stable and not a duplicate, else 0."""
+    from nodestore.frames.batch import reduced_formula  # noqa: F401  (formula column is reduced already)
+
+    screened = read_table(iter_dir(node, k) / "screened")
+    thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
+    origin = screened.column("origin")
+    rows = np.nonzero(origin == "relaxed")[0]
+    e_hull = screened.column("e_hull")
+    formula = screened.column("formula")
+    n_atoms = screened.column("n_atoms")
+    spg = screened.column("spacegroup")
+    out = []
+    from pymatgen.core import Composition
+
+    for r in rows:
+        comp = Composition(formula[r])
+        z = int(round(n_atoms[r] / comp.num_atoms)) if comp.num_atoms else 1
+        reward = 1.0 if np.isfinite(e_hull[r]) and e_hull[r] <= thr else 0.0
+        out.append({"id": screened.column("parent_id")[r], "composition": formula[r], "z": z,
+                    "spacegroup": int(spg[r]) or None, "reward": reward})
+    return out
+
+
+def curate(node, k: int) -> dict:
+    """E_hull on the labelled hull, novelty classes, S.U.N.; the iteration's segment and metrics."""
+    from nodestore.chem import api as chem
+    from nodestore.chem.metrics import energy_force_errors, stability_metrics
+    from nodestore.frames import FrameBatch, FrameTable
+
+    item = iteration_item(node, k)
+    table = snapshot_table(node, item["prev"])
+    method = node.config["reference_method"]
+    screened = read_table(iter_dir(node, k) / "screened")
+    labelled = read_table(iter_dir(node, k) / "labelled")
+    relaxed_rows = np.nonzero(screened.column("origin") == "relaxed")[0]
+    _pause_for_tests("curate")
+    new = FrameBatch.concat([screened.read(relaxed_rows), labelled.read()])
+    # a scratch table = the node + this iteration's frames, to compute the new state in one place
+    scratch_dir = Path(tempfile.mkdtemp(prefix="nodestore-curate-"))
+    scratch = FrameTable.create(scratch_dir)
+    base = table.read()
+    scratch.append(base, dedup=False)
+    seg_new = scratch.append(new, dedup=False)
+    n_base = len(base)
+    new_rows = np.arange(n_base, len(scratch))
+    metrics: dict = {"iteration": k, "method": method, "candidates": len(read_table(iter_dir(node, k) / "candidates")),
+                     "screened": int(len(relaxed_rows)), "labelled": len(labelled)}
+    # E_hull of the labelled frames on the hull of the reference method
+    try:
+        _, e_hull, e_form = chem.hull_for_table(scratch, method)
+        metrics["hull"] = "ok"
+    except NodestoreError as exc:
+        e_hull = np.full(len(scratch), np.nan)
+        e_form = np.full(len(scratch), np.nan)
+        metrics["hull"] = str(exc)
+    # force-field E_hull for the relaxed candidates comes from screening
+    ff_e_hull = scratch.column("e_hull")
+    is_ff = np.array([m.startswith(FF_PREFIX) for m in scratch.column("method")])
+    e_hull = np.where(is_ff, ff_e_hull, e_hull)
+    e_form = np.where(is_ff, scratch.column("e_form"), e_form)
+    keys = scratch.row_keys()
+    scratch.annotate(list(keys), {"e_hull": e_hull, "e_form": e_form})
+    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node))
+    scratch.annotate(ckeys, ccols)
+    thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
+    with tempfile.TemporaryDirectory(prefix="nodestore-curate-") as tmp:
+        sub = _subtable(scratch, new_rows, Path(tmp) / "new")
+        # S.U.N. on the labelled hull (the claim), and as the force field predicted it (the screen)
+        sun_new = chem.sun_counts(sub, thr, method=method)
+        ff_methods = sorted({m for m in sub.column("method") if m.startswith(FF_PREFIX)})
+        if ff_methods:
+            metrics["sun_predicted"] = chem.sun_counts(sub, thr, method=ff_methods[0])
+    metrics["sun"] = sun_new
+    metrics["e_hull"] = _describe(scratch.column("e_hull")[new_rows])
+    # entropy of the node before and after, and dH of the new frames against the node
+    ent_before = chem.entropy_report(table) if len(table) else {"H": 0.0}
+    ent_after = chem.entropy_report(scratch, reference_rows=np.arange(n_base) if n_base else None,
+                                    rows=None)
+    metrics["entropy"] = {"H_before": ent_before.get("H"), "H_after": ent_after.get("H"),
+                          "per_element": ent_after.get("per_element")}
+    if n_base:
+        d = chem.entropy_report(scratch, rows=new_rows, reference_rows=np.arange(n_base))
+        metrics["entropy"]["delta"] = d.get("delta")
+    # force-field quality against the labels: stability calls and errors on the labelled frames
+    metrics["forcefield"] = _ff_quality(scratch, screened, labelled, method, e_hull)
+    train_path = iter_dir(node, k) / "train.json"
+    if train_path.exists():
+        metrics["train"] = json.loads(train_path.read_text())
+    out_batch = scratch.read(new_rows)
+    with atomic_dir(iter_dir(node, k) / "curated") as out:
+        write_table(out, out_batch)
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    (iter_dir(node, k) / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default))
+    eh = out_batch["e_hull"]
+    lines = ["iteration,frame_id,method,e_hull,novelty"]
+    for i in range(len(out_batch)):
+        if np.isfinite(eh[i]):
+            lines.append(f"{k},{out_batch['frame_id'][i]},{out_batch['method'][i]},{eh[i]:.6f},{out_batch['novelty'][i]}")
+    (iter_dir(node, k) / "ehull.csv").write_text("\n".join(lines) + "\n")
+    return {"curated": len(out_batch), "sun": sun_new}
+
+
+def _subtable(table, rows, path):
+    from nodestore.frames import FrameTable
+
+    shutil.rmtree(path, ignore_errors=True)
+    t = FrameTable.create(path)
+    t.append(table.read(rows), dedup=False)
+    return t
+
+
+def _describe(x) -> dict:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"n": 0}
+    return {"n": int(len(x)), "min": float(x.min()), "median": float(np.median(x)), "max": float(x.max()),
+            "le_0": int((x <= 0).sum()), "le_0.025": int((x <= 0.025).sum()), "le_0.1": int((x <= 0.1).sum())}
+
+
+def _ff_quality(scratch, screened, labelled, method, e_hull_dft) -> dict:
+    """FF predictions vs labels for the frames labelled this iteration (pairs by parent id)."""
+    from nodestore.chem.metrics import energy_force_errors, stability_metrics
+
+    if not len(labelled):
+        return {}
+    lab = labelled.read()
+    scr = screened.read()
+    by_id = {f: i for i, f in enumerate(scr["frame_id"])}
+    idx = [by_id.get(p) for p in lab["parent_id"]]
+    ok = [j for j, i in enumerate(idx) if i is not None]
+    if not ok:
+        return {}
+    si = [idx[j] for j in ok]
+    # DFT E_hull of the labelled frames from the scratch hull
+    ids = scratch.column("frame_id")
+    methods = scratch.column("method")
+    dft = {f: e for f, m, e in zip(ids, methods, e_hull_dft) if m == method}
+    true = np.array([dft.get(lab["frame_id"][j], np.nan) for j in ok])
+    pred = scr["e_hull"][si]
+    out = {"n": len(ok)}
+    try:
+        out["stability"] = stability_metrics(true, pred)
+    except Exception as exc:  # too few points for a classification metric
+        out["stability"] = {"error": str(exc)}
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+RUNNERS = {"generate": generate, "screen": screen, "select": select, "label": label, "train": train, "curate": curate}
+
+
+def run_stage(node, name: str, k: int) -> dict:
+    if name not in RUNNERS:
+        raise ValidationError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
+    return RUNNERS[name](node, k)

@@ -1,0 +1,109 @@
+"""Checkpoint directories: a few weight/state files plus ``meta.json``.
+
+The checkpoint's hash is a content hash of every file except ``meta.json``
+(the weights and state), so a child checkpoint can name its parent and two
+checkpoints with the same weights have the same hash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+
+from nodestore.errors import BackendError, SchemaError
+from nodestore.schemas_util import validate
+
+META = "meta.json"
+FORMAT_VERSION = 1
+
+# keys of meta.json, named once
+K_FORMAT = "format_version"
+K_KIND = "kind"
+K_BACKEND = "backend"
+K_ARCH = "architecture"
+K_HASH = "hash"
+K_PARENT = "parent"
+K_FRAMES = "training_frames"
+K_METRICS = "metrics"
+K_CREATED = "created"
+K_EXTRA = "extra"
+
+
+def tree_hash(directory: Path) -> str:
+    """Content hash of the files of a checkpoint directory, meta.json excluded."""
+    directory = Path(directory)
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != META):
+        h.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_meta(directory: Path, *, kind: str, backend: str, architecture: dict,
+               parent: str | None, training_frames: list[str] | None = None,
+               metrics: dict | None = None, extra: dict | None = None) -> dict:
+    """Hash the directory's files and write a validated meta.json; return it."""
+    directory = Path(directory)
+    doc = {
+        K_FORMAT: FORMAT_VERSION,
+        K_KIND: kind,
+        K_BACKEND: backend,
+        K_ARCH: architecture,
+        K_HASH: tree_hash(directory),
+        K_PARENT: parent,
+        K_FRAMES: list(training_frames or []),
+        K_METRICS: _jsonable(metrics or {}),
+        K_CREATED: now(),
+        K_EXTRA: _jsonable(extra or {}),
+    }
+    validate(doc, "checkpoint", where=str(directory / META))
+    tmp = directory / (META + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    tmp.replace(directory / META)
+    return doc
+
+
+def read_meta(directory, kind: str | None = None, backend: str | None = None) -> dict:
+    """Read and validate meta.json; raise BackendError when kind/backend differ."""
+    directory = Path(directory)
+    path = directory / META
+    if not path.is_file():
+        raise BackendError(f"{directory}: not a checkpoint directory (no {META})")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path}: not JSON: {exc}") from exc
+    validate(doc, "checkpoint", where=str(path))
+    if kind is not None and doc[K_KIND] != kind:
+        raise BackendError(f"{directory}: a {doc[K_KIND]} checkpoint, not a {kind} checkpoint")
+    if backend is not None and doc[K_BACKEND] != backend:
+        raise BackendError(
+            f"{directory}: checkpoint of backend {doc[K_BACKEND]!r} "
+            f"(architecture {doc[K_ARCH].get('name')!r}) cannot be loaded by backend {backend!r}")
+    return doc
+
+
+def _jsonable(obj):
+    """Plain JSON types only (numpy scalars and arrays become floats and lists)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj

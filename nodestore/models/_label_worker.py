@@ -1,0 +1,113 @@
+"""Worker process of a Labeller: one structure in, one result out.
+
+Standalone on purpose (imports only the standard library, numpy and ASE), so it
+runs under any interpreter that has the calculator, e.g. Debian's
+``/usr/bin/python3`` for GPAW.  Usage::
+
+    python _label_worker.py RESULT.json < REQUEST.json
+
+REQUEST: ``{"calculator": NAME or "module:Class", "params": {...},
+"atoms": {"numbers", "positions", "cell", "pbc"}, "properties": [...]}``.
+RESULT: ``{"energy", "forces", "stress", "code", "version"}`` or
+``{"error": REASON, "kind": "unconverged" | "error"}`` (exit status 2).
+"""
+
+import importlib
+import json
+import sys
+import traceback
+
+
+def _gpaw(params):
+    import gpaw
+    from gpaw import GPAW, PW, FermiDirac
+
+    p = dict(params)
+    kwargs = {
+        "mode": PW(float(p.pop("ecut", 300.0))),
+        "xc": p.pop("xc", "PBE"),
+        "kpts": {"density": float(p.pop("kpt_density", 3.0)), "gamma": bool(p.pop("gamma", True))},
+        "occupations": FermiDirac(float(p.pop("smearing", 0.05))),
+        "txt": p.pop("txt", None),
+    }
+    kwargs.update(p)
+    return GPAW(**kwargs), "gpaw", gpaw.__version__
+
+
+def _vasp(params):
+    from ase.calculators.vasp import Vasp
+    return Vasp(**params), "vasp", "unknown"
+
+
+def _espresso(params):
+    from ase.calculators.espresso import Espresso, EspressoProfile
+
+    p = dict(params)
+    if "profile" in p and isinstance(p["profile"], dict):
+        p["profile"] = EspressoProfile(**p["profile"])
+    return Espresso(**p), "quantum-espresso", "unknown"
+
+
+def _lj(params):
+    from ase.calculators.lj import LennardJones
+    return LennardJones(**params), "ase-lj", _ase_version()
+
+
+def _emt(params):
+    from ase.calculators.emt import EMT
+    return EMT(**params), "ase-emt", _ase_version()
+
+
+def _ase_version():
+    import ase
+    return ase.__version__
+
+
+CALCULATORS = {"gpaw": _gpaw, "vasp": _vasp, "espresso": _espresso, "lj": _lj, "emt": _emt}
+
+
+def make_calculator(name, params):
+    if name in CALCULATORS:
+        return CALCULATORS[name](params)
+    module, _, attr = name.partition(":")
+    if not attr:
+        raise ValueError("unknown calculator %r (builtin: %s, or 'module:Class')" % (name, sorted(CALCULATORS)))
+    cls = getattr(importlib.import_module(module), attr)
+    mod = sys.modules.get(module.split(".")[0])
+    return cls(**params), module, getattr(mod, "__version__", "unknown")
+
+
+def main(argv):
+    out_path = argv[1]
+    request = json.load(sys.stdin)
+    try:
+        import numpy as np
+        from ase import Atoms
+
+        a = request["atoms"]
+        atoms = Atoms(numbers=a["numbers"], positions=a["positions"], cell=a["cell"], pbc=a["pbc"])
+        calc, code, version = make_calculator(request["calculator"], request.get("params", {}))
+        atoms.calc = calc
+        props = request.get("properties", ["energy", "forces", "stress"])
+        result = {"code": code, "version": version}
+        result["energy"] = float(atoms.get_potential_energy())
+        result["forces"] = np.asarray(atoms.get_forces()).tolist()
+        result["stress"] = None
+        if "stress" in props and all(atoms.pbc):
+            try:
+                result["stress"] = np.asarray(atoms.get_stress(voigt=True)).tolist()
+            except Exception as exc:  # a calculator without stress still labels energy and forces
+                result["stress_error"] = str(exc)
+        status = 0
+    except Exception as exc:
+        kind = "unconverged" if "converg" in type(exc).__name__.lower() or "converg" in str(exc).lower() else "error"
+        result = {"error": "%s: %s" % (type(exc).__name__, exc), "kind": kind,
+                  "traceback": traceback.format_exc()[-2000:]}
+        status = 2
+    with open(out_path, "w") as fh:
+        json.dump(result, fh)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

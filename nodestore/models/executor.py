@@ -1,0 +1,164 @@
+"""Executors: ``map(fn, items, progress=True) -> list`` in order.
+
+``LocalExecutor`` runs in this process (``processes=1``) or a process pool
+whose size respects ``processes x torch_threads <= cores``;
+``DaskExecutor`` sends the work to a Dask distributed scheduler
+(``tcp://host:8786``) or to a given ``Client``/``LocalCluster``.  Long work
+shows a tqdm progress bar.  ``fn`` and items must pickle for pools and Dask.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import Callable, ClassVar, Sequence
+
+from nodestore.errors import BackendError, ValidationError
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _init_worker(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="item")
+
+
+class Executor(abc.ABC):
+    backend: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def map(self, fn: Callable, items: Sequence, progress: bool = True) -> list:
+        """``[fn(x) for x in items]``, possibly in parallel; results in input order."""
+
+    def close(self) -> None:
+        """Release workers/clients this executor created."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """Process pool on this machine (serial in-process when ``processes == 1``).
+
+    ``processes`` defaults to ``cores // torch_threads``; asking for more than
+    the cores allow is a ValidationError (two torch processes with two
+    threads each on two cores stall).
+    """
+
+    backend = "local"
+
+    def __init__(self, processes: int | None = None, torch_threads: int = 1, desc: str = "work"):
+        cores = cpu_count()
+        torch_threads = max(1, int(torch_threads))
+        if processes is None:
+            processes = max(1, cores // torch_threads)
+        processes = int(processes)
+        if processes < 1:
+            raise ValidationError("processes must be >= 1")
+        if processes > 1 and processes * torch_threads > cores:
+            raise ValidationError(f"{processes} processes x {torch_threads} torch threads > {cores} cores")
+        self.processes, self.torch_threads, self.desc = processes, torch_threads, desc
+
+    def map(self, fn, items, progress=True):
+        items = list(items)
+        bar = _progress(len(items), progress and len(items) > 1, self.desc)
+        try:
+            if self.processes == 1 or len(items) <= 1:
+                out = []
+                for x in items:
+                    out.append(fn(x))
+                    if bar is not None:
+                        bar.update(1)
+                return out
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = mp.get_context("spawn")  # torch is not fork-safe once threads started
+            with ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(self.torch_threads,)) as pool:
+                futures = [pool.submit(fn, x) for x in items]
+                if bar is not None:
+                    for f in futures:
+                        f.add_done_callback(lambda _f: bar.update(1))
+                return [f.result() for f in futures]
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+class DaskExecutor(Executor):
+    """Dask distributed: ``address`` is a scheduler (``tcp://...``), a ``Client``
+    or a ``LocalCluster``."""
+
+    backend = "dask"
+
+    def __init__(self, address=None, desc: str = "work", **client_kwargs):
+        try:
+            from distributed import Client
+        except ImportError as exc:  # pragma: no cover
+            raise BackendError("the dask executor needs dask[distributed]") from exc
+        self._own = False
+        if isinstance(address, Client):
+            self.client = address
+        elif address is None or isinstance(address, str):
+            if isinstance(address, str) and not address.startswith(("tcp://", "tls://", "inproc://", "ucx://", "ws://")):
+                raise ValidationError(f"not a Dask scheduler address: {address!r} (expected tcp://host:port)")
+            self.client = Client(address, **client_kwargs)
+            self._own = True
+        else:  # a cluster object
+            self.client = Client(address, **client_kwargs)
+            self._own = True
+        self.desc = desc
+
+    def map(self, fn, items, progress=True):
+        from distributed import as_completed
+
+        items = list(items)
+        if not items:
+            return []
+        futures = self.client.map(fn, items, pure=False)
+        bar = _progress(len(items), progress and len(items) > 1, self.desc)
+        try:
+            if bar is not None:
+                for _ in as_completed(futures):
+                    bar.update(1)
+            return self.client.gather(futures)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def close(self):
+        if self._own:
+            self.client.close()
+
+
+def make_executor(spec=None, **config) -> Executor:
+    """``None``/``"local"`` -> LocalExecutor; ``"tcp://..."`` or a Client -> DaskExecutor;
+    an Executor passes through."""
+    if isinstance(spec, Executor):
+        return spec
+    if spec is None or spec == "local":
+        return LocalExecutor(**config)
+    if spec == "dask":
+        return DaskExecutor(**config)
+    return DaskExecutor(spec, **config)

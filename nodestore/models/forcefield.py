@@ -1,0 +1,524 @@
+"""The ForceField protocol: a machine-learned interatomic potential.
+
+A backend is small, like an ASE calculator: it implements ``_predict_batch``
+(energies, forces, stresses of a list of structures in one call) and, to be
+trainable, ``_module``/``_loss``/``_save_files``/``_from_files``.  The base class
+does everything else once: input validation, batching, batched relaxation (one
+ASE optimizer per structure, one model call per step for all of them),
+fine-tuning with a train/validation split and early stopping, checkpoints with
+``meta.json`` and an ASE calculator view.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+import random
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from nodestore.errors import BackendError, ValidationError
+from nodestore.models import _checkpoint as ckpt
+
+KIND = "forcefield"
+
+
+class ForceField(abc.ABC):
+    """Base class of every force-field backend.
+
+    Class attributes declare the backend: ``backend`` (its registry name and the
+    ``backend`` of its checkpoints), ``supports_stress`` and ``supports_batch``.
+    Instances carry ``architecture`` (``{"name", "config"}``), ``parent`` (hash
+    of the checkpoint they came from), ``training_frames`` and ``metrics``.
+    """
+
+    backend: ClassVar[str] = ""
+    supports_stress: ClassVar[bool] = True
+    supports_batch: ClassVar[bool] = True
+    default_batch_size: ClassVar[int] = 16
+
+    def __init__(self, architecture: dict, *, parent: str | None = None,
+                 training_frames: Sequence[str] = (), metrics: dict | None = None,
+                 batch_size: int | None = None):
+        self.architecture = architecture
+        self.parent = parent
+        self.training_frames = list(training_frames)
+        self.metrics = dict(metrics or {})
+        self.batch_size = int(batch_size or self.default_batch_size)
+        self.hash: str | None = None  # set when saved or loaded
+
+    # ------------------------------------------------------------------ backend API
+    @abc.abstractmethod
+    def _predict_batch(self, atoms_list: list) -> list[dict]:
+        """Energies (eV), forces (eV/A) and, if supported, Voigt stresses (eV/A^3,
+        ASE sign) of a list of structures; one dict per structure."""
+
+    def _module(self):
+        """The torch module that fine-tuning trains (None: not trainable)."""
+        return None
+
+    def _loss(self, frames: list, weights: dict):
+        """A scalar torch loss of a list of labelled frames (training mode)."""
+        raise BackendError(f"backend {self.backend!r} cannot be fine-tuned")
+
+    def _save_files(self, directory: Path) -> None:
+        raise BackendError(f"backend {self.backend!r} cannot be saved")
+
+    @classmethod
+    def _from_files(cls, directory: Path, meta: dict) -> "ForceField":
+        raise BackendError(f"backend {cls.backend!r} cannot be loaded")
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, atoms_list: Sequence, batch_size: int | None = None) -> list[dict]:
+        """Predict ``{"energy", "forces", "stress"}`` for each structure.
+
+        ``stress`` is ``None`` when the backend has no stress.  Structures are
+        evaluated ``batch_size`` at a time (one at a time when the backend does
+        not support batching).
+        """
+        atoms_list = _check_atoms_list(atoms_list)
+        size = (batch_size or self.batch_size) if self.supports_batch else 1
+        out: list[dict] = []
+        for start in range(0, len(atoms_list), size):
+            chunk = atoms_list[start:start + size]
+            results = self._predict_batch(chunk)
+            if len(results) != len(chunk):
+                raise BackendError(f"{self.backend}: {len(results)} results for {len(chunk)} structures")
+            out.extend(_clean_result(r, len(a), self.supports_stress) for r, a in zip(results, chunk))
+        return out
+
+    def relax(self, atoms_list: Sequence, fmax: float = 0.05, steps: int = 200,
+              relax_cell: bool = True, optimizer: str = "FIRE",
+              batch_size: int | None = None, *,
+              volume_ratio: tuple[float, float] | None = (0.5, 3.0),
+              volume_per_atom: tuple[float, float] | None = (5.0, 80.0),
+              max_seconds: float | None = None) -> list[dict]:
+        """Relax positions (and the cell) of every structure.
+
+        One ASE optimizer per structure (``FIRE`` or ``BFGS``, on a
+        ``FrechetCellFilter`` when ``relax_cell``); at every step the energies,
+        forces and stresses of all structures still relaxing are computed in
+        batched model calls.  Stops a structure when its largest force (and
+        scaled stress) is below ``fmax`` or after ``steps`` steps.
+
+        Guards stop a structure early, unconverged, before the model sees an
+        absurd cell (whose neighbour graph can be huge): a periodic cell whose
+        volume leaves ``volume_ratio`` (min, max) times its starting volume or
+        whose volume per atom (A^3) leaves ``volume_per_atom``; non-finite
+        positions, energy, forces or stress; a model error on that structure
+        alone.  ``max_seconds`` stops every structure still relaxing once the
+        call has run that long (checked between steps).  ``None`` switches a
+        guard off.
+
+        Returns one dict per structure: ``atoms`` (a relaxed copy; for a
+        structure stopped by a guard, the last geometry the model evaluated),
+        ``energy``, ``forces``, ``stress``, ``converged``, ``steps`` and
+        ``reason`` (``"converged"``, ``"max_steps"``, ``"time_limit"`` or what
+        a guard found).
+        """
+        import time
+
+        from ase.filters import FrechetCellFilter
+        from ase.optimize import BFGS, FIRE
+
+        if relax_cell and not self.supports_stress:
+            raise BackendError(f"backend {self.backend!r} has no stress: use relax_cell=False")
+        opt_cls = {"FIRE": FIRE, "BFGS": BFGS}.get(optimizer)
+        if opt_cls is None:
+            raise ValidationError(f"unknown optimizer {optimizer!r} (FIRE or BFGS)")
+        t0 = time.monotonic()
+        atoms_list = [a.copy() for a in _check_atoms_list(atoms_list)]
+        n = len(atoms_list)
+        opts = []
+        for atoms in atoms_list:
+            atoms.calc = ForceFieldCalculator(self)
+            target = FrechetCellFilter(atoms) if relax_cell else atoms
+            opts.append(opt_cls(target, logfile=None))
+        v0 = [a.get_volume() if a.pbc.all() else None for a in atoms_list]
+        nsteps = [0] * n
+        converged = [False] * n
+        reasons: list[str | None] = [None] * n
+        active = list(range(n))
+        while active:
+            # geometry guard before the model sees the structure
+            ok = []
+            for i in active:
+                why = _geometry_problem(atoms_list[i], v0[i], volume_ratio, volume_per_atom)
+                if why:
+                    reasons[i] = why
+                else:
+                    ok.append(i)
+            # one batched evaluation for every structure that still moves
+            evaluated = []
+            for i, res in zip(ok, self._predict_guarded([atoms_list[i] for i in ok], batch_size)):
+                if isinstance(res, str):
+                    reasons[i] = res
+                    continue
+                atoms_list[i].calc.store(atoms_list[i], res)
+                if not _finite_result(res):
+                    reasons[i] = "non-finite energy, forces or stress"
+                    continue
+                evaluated.append(i)
+            out_of_time = max_seconds is not None and time.monotonic() - t0 > max_seconds
+            still = []
+            for i in evaluated:
+                opt = opts[i]
+                opt.fmax = fmax
+                if opt.gradient_converged(opt.optimizable.get_gradient()):
+                    converged[i], reasons[i] = True, "converged"
+                elif nsteps[i] >= steps:
+                    reasons[i] = "max_steps"
+                elif out_of_time:
+                    reasons[i] = "time_limit"
+                else:
+                    opt.step()
+                    opt.nsteps += 1
+                    nsteps[i] += 1
+                    still.append(i)
+            active = still
+        out = []
+        for atoms, conv, n_i, why in zip(atoms_list, converged, nsteps, reasons):
+            calc = atoms.calc
+            res = calc.results
+            # the last geometry the model evaluated (a guard may stop a structure after a step)
+            relaxed = calc.atoms.copy() if calc.atoms is not None else atoms.copy()
+            relaxed.info.update(atoms.info)
+            relaxed.info["relax_converged"] = conv
+            relaxed.info["relax_steps"] = n_i
+            relaxed.info["relax_reason"] = why
+            energy = float(res["energy"]) if res else math.nan
+            forces = np.array(res["forces"]) if res else np.full((len(atoms), 3), np.nan)
+            stress = None if not res or res.get("stress") is None else np.array(res["stress"])
+            out.append({"atoms": relaxed, "energy": energy, "forces": forces, "stress": stress,
+                        "converged": conv, "steps": n_i, "reason": why})
+        return out
+
+    def _predict_guarded(self, atoms_list: list, batch_size: int | None) -> list:
+        """``predict`` that isolates failures: a batch that raises is retried one
+        structure at a time, and a structure that still raises gets its error
+        message (a str) instead of a result."""
+        if not atoms_list:
+            return []
+        size = (batch_size or self.batch_size) if self.supports_batch else 1
+        out: list = []
+        for start in range(0, len(atoms_list), size):
+            chunk = atoms_list[start:start + size]
+            try:
+                out.extend(self.predict(chunk, batch_size=size))
+                continue
+            except Exception as exc:  # noqa: BLE001 - find the structure that failed
+                if len(chunk) == 1:
+                    out.append(f"model error: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+            for a in chunk:
+                try:
+                    out.append(self.predict([a])[0])
+                except Exception as exc:  # noqa: BLE001
+                    out.append(f"model error: {type(exc).__name__}: {str(exc)[:200]}")
+        return out
+
+    def finetune(self, frames: Sequence, *, val_fraction: float = 0.2, epochs: int = 50,
+                 patience: int = 5, lr: float = 1e-4, batch_size: int = 4,
+                 energy_weight: float = 1.0, force_weight: float = 1.0,
+                 stress_weight: float = 0.0, seed: int = 0,
+                 val_frames: Sequence | None = None, max_seconds: float | None = None,
+                 progress: bool = False) -> "ForceField":
+        """Fine-tune on labelled frames; return a new ForceField (self is unchanged).
+
+        ``frames`` are Atoms with energy and forces (on ``atoms.calc`` as read
+        from extxyz, or ``atoms.info["energy"]`` / ``atoms.arrays["forces"]``).
+        A ``val_fraction`` of them (or ``val_frames``) is held out; training
+        stops after ``patience`` epochs without a lower validation loss and the
+        best epoch's weights are kept.  ``metrics`` records energy RMSE/MAE per
+        atom and force RMSE on the held-out frames before and after.
+        """
+        import time
+
+        import torch
+
+        frames = [_labelled_copy(a) for a in _check_atoms_list(frames)]
+        if val_frames is None:
+            order = list(range(len(frames)))
+            random.Random(seed).shuffle(order)
+            n_val = max(1, int(round(val_fraction * len(frames)))) if len(frames) > 1 else 0
+            val = [frames[i] for i in order[:n_val]]
+            train = [frames[i] for i in order[n_val:]]
+        else:
+            train, val = frames, [_labelled_copy(a) for a in _check_atoms_list(val_frames)]
+        if not train:
+            raise ValidationError("finetune needs at least one training frame")
+        if stress_weight and any(a.info.get("_stress") is None for a in train):
+            raise ValidationError("stress_weight > 0 but some training frames have no stress")
+
+        child = self._copy()
+        module = child._module()
+        if module is None:
+            raise BackendError(f"backend {self.backend!r} cannot be fine-tuned")
+        weights = {"energy": energy_weight, "forces": force_weight, "stress": stress_weight}
+        before = self.evaluate(val) if val else {}
+        torch.manual_seed(seed)
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr)
+        rng = random.Random(seed)
+        best = (math.inf, copy.deepcopy(module.state_dict()), 0)
+        history, bad, t0 = [], 0, time.monotonic()
+        epoch_iter = range(1, epochs + 1)
+        if progress:
+            from tqdm.auto import tqdm
+            epoch_iter = tqdm(epoch_iter, desc="finetune", unit="epoch")
+        epoch = 0
+        for epoch in epoch_iter:
+            module.train()
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                batch = [train[i] for i in order[start:start + batch_size]]
+                opt.zero_grad()
+                loss = child._loss(batch, weights)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(batch)
+            record = {"epoch": epoch, "train_loss": total / len(train)}
+            if val:
+                module.eval()
+                record["val_loss"] = _val_loss(child, val, weights)
+            history.append(record)
+            score = record.get("val_loss", record["train_loss"])
+            if score < best[0]:
+                best, bad = (score, copy.deepcopy(module.state_dict()), epoch), 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+            if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+                break
+        module.load_state_dict(best[1])
+        module.eval()
+        child._after_training()
+        after = child.evaluate(val) if val else {}
+        child.parent = self.hash
+        child.training_frames = [_frame_id(a) for a in train]
+        child.metrics = {
+            "n_train": len(train), "n_val": len(val), "epochs": epoch, "best_epoch": best[2],
+            "lr": lr, "seconds": round(time.monotonic() - t0, 2),
+            **{f"val_{k}_before": v for k, v in before.items()},
+            **{f"val_{k}": v for k, v in after.items()},
+            "history": history,
+        }
+        child.hash = None
+        return child
+
+    def evaluate(self, frames: Sequence) -> dict:
+        """Energy RMSE/MAE per atom (eV/atom) and force RMSE/MAE (eV/A) on labelled frames."""
+        frames = [_labelled_copy(a) for a in _check_atoms_list(frames)]
+        preds = self.predict(frames)
+        de = np.array([(p["energy"] - a.info["_energy"]) / len(a) for p, a in zip(preds, frames)])
+        df = np.concatenate([(p["forces"] - a.arrays["_forces"]).ravel() for p, a in zip(preds, frames)])
+        return {"energy_rmse_per_atom": float(np.sqrt(np.mean(de ** 2))),
+                "energy_mae_per_atom": float(np.mean(np.abs(de))),
+                "force_rmse": float(np.sqrt(np.mean(df ** 2))),
+                "force_mae": float(np.mean(np.abs(df))), "n_frames": len(frames)}
+
+    def save(self, directory) -> str:
+        """Write a checkpoint directory (weights + meta.json); return its hash."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.iterdir():
+            if old.is_file():
+                old.unlink()
+        self._save_files(directory)
+        doc = ckpt.write_meta(directory, kind=KIND, backend=self.backend,
+                              architecture=self.architecture, parent=self.parent,
+                              training_frames=self.training_frames, metrics=self.metrics)
+        self.hash = doc[ckpt.K_HASH]
+        return self.hash
+
+    @classmethod
+    def load(cls, directory) -> "ForceField":
+        """Load a checkpoint directory written by ``save`` of this backend.
+
+        Called on the base class, dispatch on meta.json's backend through the
+        registry.  A checkpoint of another backend or architecture raises
+        BackendError.
+        """
+        directory = Path(directory)
+        if cls is ForceField:
+            from nodestore.models.registry import load_checkpoint
+            ff = load_checkpoint(directory)
+            if not isinstance(ff, ForceField):
+                raise BackendError(f"{directory}: not a force-field checkpoint")
+            return ff
+        meta = ckpt.read_meta(directory, kind=KIND, backend=cls.backend)
+        ff = cls._from_files(directory, meta)
+        ff.parent = meta[ckpt.K_PARENT]
+        ff.training_frames = list(meta[ckpt.K_FRAMES])
+        ff.metrics = dict(meta[ckpt.K_METRICS])
+        ff.hash = meta[ckpt.K_HASH]
+        if ckpt.tree_hash(directory) != ff.hash:
+            from nodestore.errors import IntegrityError
+            raise IntegrityError(f"{directory}: files do not match the hash in meta.json")
+        return ff
+
+    def as_calculator(self) -> "ForceFieldCalculator":
+        """An ASE calculator backed by this force field."""
+        return ForceFieldCalculator(self)
+
+    @property
+    def method(self) -> str:
+        """Short name of this model as an energy method, e.g. ``chgnet-0.3.0`` or ``orb@1a2b3c4d``."""
+        if self.hash:
+            return f"{self.backend}@{self.hash[:8]}"
+        return f"{self.backend}-{self.architecture.get('name', '')}"
+
+    # ------------------------------------------------------------------ helpers
+    def _copy(self) -> "ForceField":
+        return copy.deepcopy(self)
+
+    def _after_training(self) -> None:
+        """Hook: put the module back into inference mode after fine-tuning."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.architecture.get('name')} hash={self.hash}>"
+
+
+def _val_loss(ff: ForceField, val: list, weights: dict) -> float:
+    """Loss on held-out frames (gradients are needed by conservative models)."""
+    total = 0.0
+    for start in range(0, len(val), 8):
+        batch = val[start:start + 8]
+        total += float(ff._loss(batch, weights).detach()) * len(batch)
+    return total / len(val)
+
+
+# ---------------------------------------------------------------------- ASE view
+def _ase_calculator_base():
+    from ase.calculators.calculator import Calculator
+    return Calculator
+
+
+class ForceFieldCalculator(_ase_calculator_base()):
+    """ASE calculator over a ForceField; also the result cache of batched relaxation."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, forcefield: ForceField, **kwargs):
+        super().__init__(**kwargs)
+        self.forcefield = forcefield
+        if not forcefield.supports_stress:
+            self.implemented_properties = ["energy", "free_energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        from ase.calculators.calculator import all_changes
+        super().calculate(atoms, properties, system_changes or all_changes)
+        self._set(self.forcefield.predict([self.atoms])[0])
+
+    def store(self, atoms, result: dict) -> None:
+        """Cache a result computed elsewhere (in a batch) for this exact structure."""
+        self.atoms = atoms.copy()
+        self._set(result)
+
+    def _set(self, result: dict) -> None:
+        self.results = {"energy": result["energy"], "free_energy": result["energy"],
+                        "forces": result["forces"]}
+        if result.get("stress") is not None:
+            self.results["stress"] = result["stress"]
+
+
+# ---------------------------------------------------------------------- utilities
+def _check_atoms_list(atoms_list) -> list:
+    from ase import Atoms
+
+    if isinstance(atoms_list, Atoms):
+        raise ValidationError("expected a list of Atoms, got one Atoms (wrap it in a list)")
+    out = list(atoms_list)
+    for i, a in enumerate(out):
+        if not isinstance(a, Atoms):
+            raise ValidationError(f"item {i} is a {type(a).__name__}, not ase.Atoms")
+        if len(a) == 0:
+            raise ValidationError(f"item {i} has no atoms")
+        if a.pbc.any() and abs(a.cell.volume) < 1e-6:
+            raise ValidationError(f"item {i} is periodic with a zero-volume cell")
+    return out
+
+
+def _geometry_problem(atoms, v0, volume_ratio, volume_per_atom) -> str | None:
+    """Why relaxation must stop at this geometry (None: it may go on)."""
+    if not np.all(np.isfinite(atoms.positions)) or not np.all(np.isfinite(atoms.cell.array)):
+        return "non-finite positions or cell"
+    if v0 is None or not atoms.pbc.all():
+        return None
+    v = abs(atoms.get_volume())
+    if volume_per_atom is not None:
+        lo, hi = volume_per_atom
+        if not lo <= v / len(atoms) <= hi:
+            return f"volume per atom {v / len(atoms):.3g} A^3 outside [{lo:g}, {hi:g}]"
+    if volume_ratio is not None and v0 > 0:
+        lo, hi = volume_ratio
+        if not lo <= v / v0 <= hi:
+            return f"volume {v / v0:.3g}x its start, outside [{lo:g}, {hi:g}]"
+    return None
+
+
+def _finite_result(res: dict) -> bool:
+    if not math.isfinite(res["energy"]) or not np.all(np.isfinite(res["forces"])):
+        return False
+    return res.get("stress") is None or bool(np.all(np.isfinite(res["stress"])))
+
+
+def _clean_result(res: dict, n_atoms: int, with_stress: bool) -> dict:
+    forces = np.asarray(res["forces"], dtype=float).reshape(n_atoms, 3)
+    stress = res.get("stress") if with_stress else None
+    if stress is not None:
+        stress = np.asarray(stress, dtype=float)
+        if stress.shape == (3, 3):
+            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        stress = stress.reshape(6)
+    return {"energy": float(res["energy"]), "forces": forces, "stress": stress}
+
+
+def labels_of(atoms) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Energy, forces and (Voigt, eV/A^3) stress of a labelled frame; ValidationError if unlabelled."""
+    if "_energy" in atoms.info and "_forces" in atoms.arrays:
+        return atoms.info["_energy"], atoms.arrays["_forces"], atoms.info.get("_stress")
+    energy = forces = stress = None
+    calc = atoms.calc
+    if calc is not None and getattr(calc, "results", None):
+        energy = calc.results.get("energy")
+        forces = calc.results.get("forces")
+        stress = calc.results.get("stress")
+    energy = atoms.info.get("energy", energy) if energy is None else energy
+    if forces is None and "forces" in atoms.arrays:
+        forces = atoms.arrays["forces"]
+    if stress is None and "stress" in atoms.info:
+        stress = atoms.info["stress"]
+    if energy is None or forces is None:
+        raise ValidationError(f"frame {atoms.get_chemical_formula()} has no energy and forces")
+    if stress is not None:
+        stress = np.asarray(stress, dtype=float)
+        if stress.shape == (3, 3):
+            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return float(energy), np.asarray(forces, dtype=float), stress
+
+
+def _labelled_copy(atoms):
+    """A calculator-free copy with labels in info['_energy'], arrays['_forces'], info['_stress']."""
+    energy, forces, stress = labels_of(atoms)
+    out = atoms.copy()
+    out.calc = None
+    out.info["_energy"] = energy
+    out.arrays["_forces"] = forces
+    out.info["_stress"] = stress
+    if "frame_id" in atoms.info:
+        out.info["frame_id"] = atoms.info["frame_id"]
+    return out
+
+
+def _frame_id(atoms) -> str:
+    if "frame_id" in atoms.info:
+        return str(atoms.info["frame_id"])
+    from nodestore.frames import frame_id
+    return frame_id(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)

@@ -1,0 +1,287 @@
+"""The Labeller protocol: the first-principles step (any ASE calculator from a config).
+
+A labeller turns structures into labels ``{"ok", "energy", "forces", "stress",
+"method", "method_info", "error", "seconds"}``.  ``method`` is the short method
+name stored in the table's ``method`` column (``gpaw-pbe-pw300``);
+``method_info`` records code, version, functional, cutoff, k-point density and
+smearing.  A failure (crash, time limit, SCF not converged) is a label with
+``ok=False`` and ``error`` saying why: it fails one frame, never the loop.
+
+Calculators run in a worker process (``_label_worker.py``) under a chosen
+interpreter with a time limit: GPAW under Debian's ``/usr/bin/python3``.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from nodestore.errors import BackendError, ValidationError
+
+WORKER = Path(__file__).with_name("_label_worker.py")
+
+
+def _failure(error: str, method: str, info: dict, seconds: float, kind: str = "error") -> dict:
+    return {"ok": False, "energy": None, "forces": None, "stress": None, "method": method,
+            "method_info": info, "error": error, "failure": kind, "seconds": round(seconds, 3)}
+
+
+class Labeller(abc.ABC):
+    """Base class: subclasses implement ``_label_one`` and ``method_info``."""
+
+    backend: ClassVar[str] = ""
+    supports_stress: ClassVar[bool] = True
+
+    @property
+    @abc.abstractmethod
+    def method_info(self) -> dict:
+        """``{"name", "code", "version", "functional", "cutoff_ev", "kpoint_density", "smearing_ev"}``."""
+
+    @abc.abstractmethod
+    def _label_one(self, atoms) -> dict:
+        """Label one structure; return a label dict (see module doc)."""
+
+    @property
+    def method(self) -> str:
+        return self.method_info["name"]
+
+    def label_one(self, atoms) -> dict:
+        t0 = time.monotonic()
+        try:
+            return self._label_one(atoms)
+        except Exception as exc:  # a backend bug fails the frame, not the loop
+            return _failure(f"{type(exc).__name__}: {exc}", self.method, self.method_info, time.monotonic() - t0)
+
+    def label(self, atoms_list: Sequence, executor=None, progress: bool = False) -> list[dict]:
+        """Label structures (through ``executor.map`` when given); one label per structure, in order."""
+        from ase import Atoms
+
+        atoms_list = list(atoms_list)
+        for i, a in enumerate(atoms_list):
+            if not isinstance(a, Atoms):
+                raise ValidationError(f"item {i} is a {type(a).__name__}, not ase.Atoms")
+        if executor is None:
+            from nodestore.models.executor import LocalExecutor
+            executor = LocalExecutor(processes=1)
+        return executor.map(self.label_one, atoms_list, progress=progress)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.method}>"
+
+
+def to_atoms(atoms, label: dict):
+    """A copy of ``atoms`` carrying a successful label (SinglePointCalculator + info['method'])."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    if not label["ok"]:
+        raise ValidationError(f"label failed: {label['error']}")
+    out = atoms.copy()
+    results = {"energy": label["energy"], "forces": np.asarray(label["forces"])}
+    if label.get("stress") is not None:
+        results["stress"] = np.asarray(label["stress"])
+    out.calc = SinglePointCalculator(out, **results)
+    out.info["method"] = label["method"]
+    return out
+
+
+class AseLabeller(Labeller):
+    """Any ASE calculator run by the worker: ``calculator`` is a builtin name
+    (gpaw, vasp, espresso, lj, emt) or ``"module:Class"``; ``params`` its
+    keyword arguments; ``python`` the interpreter; ``timeout`` seconds per frame.
+    """
+
+    backend = "ase"
+
+    def __init__(self, calculator: str, params: dict | None = None, *, method: str | None = None,
+                 python: str | None = None, timeout: float = 600.0, env: dict | None = None,
+                 functional: str | None = None, cutoff_ev: float | None = None,
+                 kpoint_density: float | None = None, smearing_ev: float | None = None):
+        self.calculator = calculator
+        self.params = dict(params or {})
+        self.python = python or sys.executable
+        self.timeout = float(timeout)
+        self.env = dict(env or {})
+        self._info = {"name": method or calculator.replace(":", "-").replace(".", "-").lower(),
+                      "code": calculator, "version": None, "functional": functional,
+                      "cutoff_ev": cutoff_ev, "kpoint_density": kpoint_density,
+                      "smearing_ev": smearing_ev, "params": self.params}
+
+    @property
+    def method_info(self) -> dict:
+        return dict(self._info)
+
+    def _label_one(self, atoms) -> dict:
+        request = {"calculator": self.calculator, "params": self.params,
+                   "atoms": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+                             "cell": atoms.cell.array.tolist(), "pbc": [bool(x) for x in atoms.pbc]}}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **self.env}
+        if Path(self.python).resolve() != Path(sys.executable).resolve():
+            # a foreign interpreter must not see this venv's packages (numpy clash)
+            env.pop("PYTHONPATH", None)
+            env.pop("VIRTUAL_ENV", None)
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="nodestore-label-") as tmp:
+            out_path = Path(tmp) / "result.json"
+            proc = subprocess.Popen([self.python, str(WORKER), str(out_path)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, env=env,
+                                    start_new_session=True, text=True)
+            try:
+                _, stderr = proc.communicate(json.dumps(request), timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return _failure(f"timeout: no result within {self.timeout:g} s", self.method,
+                                self.method_info, time.monotonic() - t0, kind="timeout")
+            seconds = time.monotonic() - t0
+            result = None
+            if out_path.exists():
+                try:
+                    result = json.loads(out_path.read_text())
+                except json.JSONDecodeError:
+                    result = None
+            if result is None:
+                tail = (stderr or "").strip().splitlines()[-3:]
+                return _failure(f"worker crashed (exit status {proc.returncode}): {' | '.join(tail)}",
+                                self.method, self.method_info, seconds, kind="crash")
+            if "error" in result:
+                return _failure(result["error"], self.method, self.method_info, seconds,
+                                kind=result.get("kind", "error"))
+        info = self.method_info
+        info["version"] = result.get("version")
+        info["code"] = result.get("code", info["code"])
+        forces = np.asarray(result["forces"], dtype=float)
+        if forces.shape != (len(atoms), 3) or not np.isfinite(forces).all() or not np.isfinite(result["energy"]):
+            return _failure("calculator returned non-finite or misshapen results", self.method, info, seconds)
+        return {"ok": True, "energy": float(result["energy"]), "forces": forces,
+                "stress": None if result.get("stress") is None else np.asarray(result["stress"], dtype=float),
+                "method": self.method, "method_info": info, "error": None, "failure": None,
+                "seconds": round(seconds, 3)}
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
+class GpawLabeller(AseLabeller):
+    """GPAW, plane waves: ``PW(ecut)``, k-points by density (points per 1/A, Gamma
+    centred), Fermi-Dirac smearing; run by Debian's ``/usr/bin/python3``."""
+
+    backend = "gpaw"
+
+    def __init__(self, ecut: float = 300.0, kpt_density: float = 3.0, smearing: float = 0.05,
+                 xc: str = "PBE", *, python: str = "/usr/bin/python3", timeout: float = 1800.0,
+                 extra: dict | None = None):
+        params = {"ecut": float(ecut), "kpt_density": float(kpt_density), "smearing": float(smearing),
+                  "xc": xc, **(extra or {})}
+        super().__init__("gpaw", params, method=f"gpaw-{xc.lower()}-pw{ecut:g}", python=python,
+                         timeout=timeout, functional=xc, cutoff_ev=float(ecut),
+                         kpoint_density=float(kpt_density), smearing_ev=float(smearing))
+        self._info["code"] = "gpaw"
+
+    @staticmethod
+    def available(python: str = "/usr/bin/python3") -> bool:
+        """Whether ``python`` can import gpaw."""
+        if not Path(python).exists():
+            return False
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        try:
+            return subprocess.run([python, "-c", "import gpaw"], env=env, capture_output=True,
+                                  timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+
+class VaspLabeller(AseLabeller):
+    """VASP through ``ase.calculators.vasp.Vasp`` (needs ASE_VASP_COMMAND and
+    VASP_PP_PATH in the environment); ``params`` are Vasp keywords, e.g.
+    ``{"xc": "PBE", "encut": 520, "kspacing": 0.25, "ismear": 0, "sigma": 0.05}``."""
+
+    backend = "vasp"
+
+    def __init__(self, params: dict | None = None, *, timeout: float = 7200.0, python: str | None = None):
+        p = {"xc": "PBE", "encut": 520, "kspacing": 0.25, "ismear": 0, "sigma": 0.05, **(params or {})}
+        super().__init__("vasp", p, method=f"vasp-{str(p['xc']).lower()}-pw{p['encut']:g}", python=python,
+                         timeout=timeout, functional=p["xc"], cutoff_ev=float(p["encut"]),
+                         kpoint_density=None, smearing_ev=float(p["sigma"]))
+        self._info["kspacing"] = p.get("kspacing")
+
+
+class EspressoLabeller(AseLabeller):
+    """Quantum ESPRESSO through ``ase.calculators.espresso.Espresso``; ``params``
+    are its keywords (``pseudopotentials``, ``profile``: ``{"command", "pseudo_dir"}``,
+    ``input_data``, ``kspacing``), ``ecutwfc`` in Ry inside ``input_data.system``."""
+
+    backend = "espresso"
+
+    def __init__(self, params: dict | None = None, *, timeout: float = 7200.0, python: str | None = None):
+        p = dict(params or {})
+        system = p.get("input_data", {}).get("system", {})
+        ecut_ry = float(system.get("ecutwfc", 40.0))
+        xc = str(system.get("input_dft", "pbe"))
+        super().__init__("espresso", p, method=f"qe-{xc.lower()}-pw{ecut_ry * 13.605693:.0f}", python=python,
+                         timeout=timeout, functional=xc, cutoff_ev=ecut_ry * 13.605693,
+                         kpoint_density=None, smearing_ev=None)
+
+
+class LennardJonesLabeller(AseLabeller):
+    """ASE's Lennard-Jones: physics-free but real code; cheap labels for tests."""
+
+    backend = "lj"
+
+    def __init__(self, sigma: float = 2.0, epsilon: float = 0.05, rc: float = 5.0, *, timeout: float = 60.0):
+        super().__init__("lj", {"sigma": sigma, "epsilon": epsilon, "rc": rc},
+                         method=f"lj-s{sigma:g}-e{epsilon:g}", timeout=timeout, functional="lennard-jones")
+
+
+class ForceFieldLabeller(Labeller):
+    """Labels from a ForceField (a checkpoint path, a backend name or an instance), in process."""
+
+    backend = "forcefield"
+
+    def __init__(self, forcefield="chgnet", **config):
+        from nodestore.models.forcefield import ForceField
+
+        if isinstance(forcefield, ForceField):
+            self.forcefield = forcefield
+        elif Path(str(forcefield)).is_dir():
+            from nodestore.models.registry import load_checkpoint
+            self.forcefield = load_checkpoint(forcefield)
+        else:
+            from nodestore.models.registry import create
+            self.forcefield = create("forcefield", str(forcefield), **config)
+        if not isinstance(self.forcefield, ForceField):
+            raise BackendError(f"{forcefield!r} is not a force field")
+
+    @property
+    def method_info(self) -> dict:
+        ff = self.forcefield
+        return {"name": ff.method, "code": ff.backend, "version": ff.hash or ff.architecture.get("name"),
+                "functional": None, "cutoff_ev": None, "kpoint_density": None, "smearing_ev": None}
+
+    def _label_one(self, atoms) -> dict:
+        t0 = time.monotonic()
+        res = self.forcefield.predict([atoms])[0]
+        return {"ok": True, **res, "method": self.method, "method_info": self.method_info,
+                "error": None, "failure": None, "seconds": round(time.monotonic() - t0, 3)}
+
+    def label(self, atoms_list, executor=None, progress=False):
+        if executor is not None:
+            return super().label(atoms_list, executor=executor, progress=progress)
+        t0 = time.monotonic()
+        preds = self.forcefield.predict(list(atoms_list))
+        dt = (time.monotonic() - t0) / max(1, len(preds))
+        return [{"ok": True, **p, "method": self.method, "method_info": self.method_info, "error": None,
+                 "failure": None, "seconds": round(dt, 3)} for p in preds]

@@ -1,0 +1,120 @@
+"""The discovery loop as DVC stages: a tiny iteration end to end, and kill-and-rerun in each stage."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nodestore.config import default_params
+from nodestore.errors import NodestoreError
+from nodestore.loop import create_node
+from nodestore.loop.actions import label_references
+from nodestore.repo import Node
+
+LJ = "lj-s2-e0.05"
+
+
+def tiny_params():
+    p = default_params()
+    p.update({
+        "generate": {"n": 3, "max_atoms": 8},
+        "screen": {"fmax": 0.3, "steps": 3},
+        "select": {"n_lowest": 1, "n_diverse": 1, "n_uncertain": 1, "max_atoms": 8},
+        "train": {"min_frames": 2},
+        # a tiny orb model: the real backend code, cheap enough for a test
+        "forcefield": {"backend": "orb", "architecture": "orb-v3-direct",
+                       "config": {"latent_dim": 16, "base_mlp_hidden_dim": 16, "base_mlp_depth": 1,
+                                  "head_mlp_hidden_dim": 16, "head_mlp_depth": 1,
+                                  "num_message_passing_steps": 1, "radius": 4.0, "max_num_neighbors": 12},
+                       "finetune": {"epochs": 1, "max_seconds": 20}},
+        "labeller": {"backend": "lj"},
+        "generator": {"backend": "pyxtal", "max_atoms": 8},
+        "executor": {"backend": "local", "processes": 1},
+    })
+    return p
+
+
+@pytest.fixture
+def loop_node(tmp_path):
+    node = create_node("Li-P-S", tmp_path / "n", reference_method=LJ, params=tiny_params())
+    r = label_references(node)
+    assert r["labelled"] >= 5 and r["method"] == LJ
+    return node
+
+
+def ns(node, *args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "nodestore", "-C", str(node.path), *args],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **kw)
+
+
+def test_tiny_iteration_end_to_end(loop_node):
+    from nodestore.loop.iterate import iterate
+
+    node = loop_node
+    r = iterate(node, run=True)
+    assert r["added"] == 1 and r["committed"][0]["iteration"] == 1
+    doc = node.show()
+    assert doc["iterations"] == 1 and doc["sun"]["1"] is not None
+    assert node.status()["clean"]
+    assert "refs/tags/iter-1" in node.git.references
+    m = json.loads((node.path / "loop/iter-1/metrics.json").read_text())
+    assert m["candidates"] >= 1 and m["labelled"] >= 1 and m["hull"] == "ok"
+    assert "H_after" in m["entropy"] and m["entropy"]["H_after"] >= m["entropy"]["H_before"]
+    models = node.list_checkpoints()
+    assert {m_["kind"] for m_ in models} == {"forcefield", "generator"}
+    t = node.table
+    assert (t.column("method") == LJ).sum() == doc["methods"][LJ] and doc["methods"][LJ] > r["committed"][0]["sun"].get("total", 0) - 100
+    assert set(t.column("iteration")) >= {0, 1}
+    # a second iteration: iteration 1 is a cache hit, only the new stages run
+    r2 = iterate(node, run=True)
+    assert r2["committed"][0]["iteration"] == 2
+    lock = (node.path / "dvc.lock").read_text()
+    assert "generate@1" in lock and "curate@1" in lock
+    assert node.show()["iterations"] == 2
+    # the report
+    from nodestore.loop.report import write_report
+
+    rep = write_report(node, node.path / "report")
+    assert len(rep["plots"]) >= 4 and all(os.path.getsize(p) > 1000 for p in rep["plots"])
+
+
+@pytest.mark.parametrize("stage", ["generate", "screen", "label", "train", "curate"])
+def test_kill_inside_a_stage_then_rerun(loop_node, tmp_path, stage):
+    node = loop_node
+    head = str(node.git.head.target)
+    table_manifest = (node.path / "data/table/manifest.json").read_text()
+    pause = tmp_path / "paused"
+    proc = ns(node, "iterate", "--run", env={"NODESTORE_PAUSE_IN": stage, "NODESTORE_PAUSE_FILE": str(pause)})
+    t0 = time.time()
+    while not pause.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 240, "stage never reached"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    node = Node.open(node.path)
+    # the node is at its last commit: `iterate` committed params.yaml (iteration 1 added), nothing else
+    assert node.log()[0]["message"] == "iterate: add iteration 1"
+    assert node.log()[1]["commit"] == head
+    assert (node.path / "data/table/manifest.json").read_text() == table_manifest
+    assert "refs/tags/iter-1" not in node.git.references
+    # running again finishes the iteration
+    proc = ns(node, "iterate", "--run")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    node = Node.open(node.path)
+    assert "refs/tags/iter-1" in node.git.references and node.show()["iterations"] == 1
+    assert node.status()["clean"]
+
+
+def test_stage_outside_params_is_an_error(loop_node):
+    from nodestore.loop.stages import run_stage
+
+    with pytest.raises(NodestoreError, match="not in params.yaml"):
+        run_stage(loop_node, "generate", 7)

@@ -1,0 +1,62 @@
+"""Generators: pyxtal with a learned proposal distribution; substitutions of prototypes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nodestore.models.generator import Generator, PyxtalGenerator, SubstitutionGenerator, min_distance_ok
+from nodestore.schemas_util import validate
+
+STRUCTURES = Path(__file__).resolve().parents[1] / "nodestore" / "data" / "li-p-s" / "structures"
+
+
+def test_pyxtal_samples_valid_li_p_s():
+    gen = PyxtalGenerator(elements=["Li", "P", "S"], compositions=["Li3PS4", "Li2S", "P2S5", "Li7PS6"],
+                          max_atoms=30, seed=3)
+    out = gen.sample(8)
+    assert len(out) == 8
+    for a in out:
+        assert set(a.get_chemical_symbols()) <= {"Li", "P", "S"}
+        assert len(a) <= 30 and min_distance_ok(a, gen.min_distance)
+        assert a.info["generator"] == "pyxtal" and 1 <= a.info["spacegroup"] <= 230
+    only = gen.sample(3, compositions=["Li3PS4"])
+    assert {a.info["composition"] for a in only} == {"Li3PS4"}
+
+
+def test_pyxtal_weights_follow_rewards(tmp_path):
+    gen = PyxtalGenerator(compositions=["Li3PS4", "Li2S", "P2S5"], spacegroups=[2, 14, 62], seed=0)
+    gen.save(tmp_path / "g0")
+    outcomes = ([{"composition": "Li3PS4", "spacegroup": 62, "z": 2, "reward": 1.0, "id": f"f{i}"} for i in range(5)]
+                + [{"composition": "P2S5", "spacegroup": 2, "z": 1, "reward": 0.0} for _ in range(5)])
+    new = gen.update(outcomes)
+    p0, p1 = gen.probabilities("composition"), new.probabilities("composition")
+    assert p1["Li3PS4"] > p0["Li3PS4"] and p1["P2S5"] < p0["P2S5"]
+    assert new.probabilities("spacegroup")["62"] > 1 / 3
+    assert new.parent == gen.hash
+    new.save(tmp_path / "g1")
+    meta = json.loads((tmp_path / "g1" / "meta.json").read_text())
+    validate(meta, "checkpoint")
+    assert meta["kind"] == "generator" and meta["parent"] == gen.hash and len(meta["training_frames"]) == 5
+    again = Generator.load(tmp_path / "g1")
+    assert again.probabilities("composition") == pytest.approx(p1)
+    counts = [a.info["composition"] for a in again.sample(12)]
+    assert counts.count("Li3PS4") >= counts.count("P2S5")
+
+
+def test_substitution_from_other_system():
+    from pymatgen.core import Structure
+
+    li3ps4 = Structure.from_file(STRUCTURES / "Li3PS4_beta_Pnma_mp-985583.json")
+    na3ps4 = li3ps4.copy()
+    na3ps4.replace_species({"Li": "Na"})
+    gen = SubstitutionGenerator([na3ps4], elements=["Li", "P", "S"])
+    out = gen.sample(5)
+    assert out, "expected at least one substitution"
+    formulas = {a.info["composition"] for a in out}
+    assert "Li3PS4" in formulas
+    for a in out:
+        assert set(a.get_chemical_symbols()) <= {"Li", "P", "S"}
+        assert json.loads(a.info["substitution"])["Na"] == "Li"
+        assert np.isfinite(a.get_volume()) and min_distance_ok(a, gen.min_distance)

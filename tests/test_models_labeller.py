@@ -1,0 +1,75 @@
+"""Labellers: GPAW in a worker under /usr/bin/python3, failures recorded per frame."""
+
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from nodestore.models.labeller import AseLabeller, GpawLabeller, LennardJonesLabeller, to_atoms
+
+
+def _has_gpaw():
+    return GpawLabeller.available()
+
+
+@pytest.mark.gpaw
+@pytest.mark.skipif(not _has_gpaw(), reason="/usr/bin/python3 cannot import gpaw")
+def test_gpaw_label_li2s():
+    lab = GpawLabeller(ecut=200, kpt_density=1.5, smearing=0.1)
+    atoms = bulk("SLi2", "fluorite", a=5.70)
+    atoms.rattle(0.02, seed=0)
+    (res,) = lab.label([atoms])
+    assert res["ok"], res["error"]
+    assert res["method"] == "gpaw-pbe-pw200"
+    info = res["method_info"]
+    assert info["code"] == "gpaw" and info["version"].startswith("22.")
+    assert info["functional"] == "PBE" and info["cutoff_ev"] == 200 and info["kpoint_density"] == 1.5
+    assert info["smearing_ev"] == 0.1
+    assert res["forces"].shape == (3, 3) and res["stress"].shape == (6,)
+    assert abs(res["forces"].sum(axis=0)).max() < 0.05
+    labelled = to_atoms(atoms, res)
+    assert labelled.get_potential_energy() == res["energy"] and labelled.info["method"] == "gpaw-pbe-pw200"
+
+
+def test_lj_label():
+    (res,) = LennardJonesLabeller().label([bulk("SLi2", "fluorite", a=5.70)])
+    assert res["ok"] and res["method"] == "lj-s2-e0.05" and np.isfinite(res["energy"])
+
+
+@pytest.fixture
+def bad_calculators(tmp_path):
+    (tmp_path / "badcalc.py").write_text(textwrap.dedent("""
+        import os, time
+        from ase.calculators.calculator import Calculator
+
+        class Crash(Calculator):
+            implemented_properties = ["energy", "forces"]
+            def calculate(self, atoms=None, properties=None, system_changes=None):
+                os._exit(11)  # like a segfault: no result, no Python exception
+
+        class Hang(Calculator):
+            implemented_properties = ["energy", "forces"]
+            def calculate(self, atoms=None, properties=None, system_changes=None):
+                time.sleep(60)
+
+        class NoSCF(Calculator):
+            implemented_properties = ["energy", "forces"]
+            def calculate(self, atoms=None, properties=None, system_changes=None):
+                raise RuntimeError("SCF did not converge in 40 iterations")
+    """))
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_crash_timeout_unconverged_are_failures(bad_calculators):
+    atoms = [bulk("Cu")]
+    crash = AseLabeller("badcalc:Crash", env=bad_calculators, timeout=30).label(atoms)[0]
+    assert not crash["ok"] and crash["failure"] == "crash" and "exit status 11" in crash["error"]
+    hang = AseLabeller("badcalc:Hang", env=bad_calculators, timeout=2).label(atoms)[0]
+    assert not hang["ok"] and hang["failure"] == "timeout"
+    noscf = AseLabeller("badcalc:NoSCF", env=bad_calculators, timeout=30).label(atoms)[0]
+    assert not noscf["ok"] and noscf["failure"] == "unconverged"
+    # the hung worker is gone
+    out = subprocess.run(["pgrep", "-f", "nodestore-label-"], capture_output=True, text=True)
+    assert out.stdout.strip() == ""
