@@ -10,19 +10,30 @@ from .util import JSON_OPTION, REV_OPTION, echo_json, open_node, table_print
 
 @main.command()
 @click.option("--path", default="demo/Li-P-S", show_default=True, type=click.Path())
+@click.option("--iterations", default=2, show_default=True, type=int)
+@click.option("--labeller", default=None, help="Labeller backend instead of GPAW (e.g. lj for a quick look).")
 @click.option("--keep", is_flag=True, help="Keep an existing demo node instead of rebuilding it.")
 @JSON_OPTION
-def demo(path, keep, as_json):
-    """Build the Li-P-S demo node offline from the data shipped with nodestore."""
+def demo(path, iterations, labeller, keep, as_json):
+    """Build the Li-P-S demo node offline: references, labels, two loop iterations, report."""
     from nodestore.loop.demo import run_demo
 
-    doc = run_demo(path, fresh=not keep, echo=lambda s: click.echo(s, err=as_json))
+    doc = run_demo(path, iterations=iterations, fresh=not keep, labeller=labeller,
+                   echo=lambda s: click.echo(s, err=as_json))
     if as_json:
         echo_json(doc)
         return
     table_print([{"step": k, "seconds": v} for k, v in doc["timings_s"].items()])
-    click.echo(f"{doc['system']}: {doc['frames']} frames, {doc['labelled']} labelled, "
-               f"{doc['entries']} entries, {doc['segments']} segments, {doc['iterations']} iterations")
+    click.echo("")
+    rows = doc["per_iteration"]
+    if rows:
+        cols = ["iteration", "candidates", "screened", "labelled", "sun_0.1", "sun_predicted_0.1",
+                "ff_energy_rmse_before", "ff_energy_rmse_after", "H_before", "H_after", "dH_mean"]
+        table_print(rows, cols)
+        click.echo("")
+        table_print(rows, ["iteration"] + [c for c in rows[0] if c.startswith("t_")])
+    click.echo(f"\n{doc['system']}: {doc['frames']} frames, {doc['labelled']} labelled, {doc['entries']} entries, "
+               f"{doc['segments']} segments, {doc['iterations']} iterations; report: {doc['report']}")
 
 
 @main.command()

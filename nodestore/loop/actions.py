@@ -78,7 +78,7 @@ def label_files(node, files, labeller: str | None = None, message: str | None = 
 def predict_files(node, files, model: str | None = None, relax: bool = False, fmax: float = 0.05,
                   steps: int = 200) -> list[dict]:
     """Energy per atom (and E_hull on this force field's own hull) for each structure of ``files``."""
-    from nodestore.chem.hull import compute_hull, reference_structures
+    from nodestore.chem.hull import compute_hull
     from nodestore.models.registry import load_checkpoint
 
     from .stages import FF_PREFIX, load_forcefield
@@ -105,11 +105,10 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
     out = [{"source": a.info.get("source", ""), "formula": b.get_chemical_formula("metal"),
             "n_atoms": len(b), "energy": float(e), "energy_per_atom": float(e) / len(b), "method": method}
            for a, b, e in zip(images, finals, energies)]
-    refs = reference_structures(node.system)
     try:
-        ref_res = ff.relax(refs, fmax=max(fmax, 0.05), steps=steps)
+        ref_items = _ff_references(node, ff, method, fmax=max(fmax, 0.05), steps=steps)
         hull = compute_hull([(b, e, method) for b, e in zip(finals, energies)], method,
-                            references=[(r["atoms"], r["energy"], method) for r in ref_res], include_items=False)
+                            references=ref_items, include_items=False)
         for o, eh in zip(out, hull.e_hull):
             o["e_hull"] = float(eh)
     except NodestoreError as exc:
@@ -117,6 +116,23 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
             o["e_hull"] = None
             o["e_hull_note"] = str(exc)
     return out
+
+
+def _ff_references(node, ff, method: str, fmax: float, steps: int) -> list[tuple]:
+    """This force field's energies of the reference phases (relaxed primitive cells), cached per model."""
+    import json
+
+    from nodestore.chem.hull import reference_structures
+
+    cache = node.state_dir / "ff-references" / f"{method.replace('/', '_')}-f{fmax:g}-s{steps}.json"
+    if cache.exists():
+        return [(d["formula"], d["energy"], method) for d in json.loads(cache.read_text())]
+    refs = [primitive(a) for a in reference_structures(node.system)]
+    res = ff.relax(refs, fmax=fmax, steps=steps)
+    items = [{"formula": r["atoms"].get_chemical_formula("metal"), "energy": float(r["energy"])} for r in res]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(items))
+    return [(d["formula"], d["energy"], method) for d in items]
 
 
 def hull_report(node, method: str | None = None, rev: str | None = None, plot: str | None = None) -> dict:
@@ -154,15 +170,28 @@ def classify_node(node, message: str | None = None, all_rows: bool = False) -> d
         hull_note = "ok"
     except NodestoreError as exc:
         hull_note = str(exc)
-    todo = None if all_rows else np.nonzero(table.column("novelty") == "")[0]
-    if todo is not None and not len(todo):
-        return {"classified": 0, "hull": hull_note, "commit": None}
-    keys, cols = classify_table(table, params=_match(node))
+    rows = entry_candidates(table)
+    if not all_rows and not (table.column("novelty")[rows] == "").any():
+        commit = node.commit(message or "update E_hull") if node.status()["changed_files"] else None
+        return {"classified": 0, "hull": hull_note, "commit": commit}
+    # entries are decided among all candidates at once: dedup needs the whole set
+    keys, cols = classify_table(table, params=_match(node), rows=rows)
     table.annotate(keys, cols)
     counts = {c: int(np.sum(np.asarray(cols["novelty"]) == c)) for c in ("duplicate", "substitution", "novel")}
     commit = node.commit(message or f"classify {len(keys)} rows: {counts}")
     return {"classified": len(keys), "novelty": counts, "entries": int(np.sum(cols["is_entry"])),
             "hull": hull_note, "commit": commit}
+
+
+def entry_candidates(table) -> np.ndarray:
+    """Rows that may stand for a material: references, loop structures, and imported structure files.
+
+    Imported rows that carry labels (MD snapshots, training sets) are training
+    frames, not candidate entries: frames of one trajectory are not materials.
+    """
+    origin = table.column("origin")
+    method = table.column("method")
+    return np.nonzero((origin != "imported") | (method == ""))[0]
 
 
 def _match(node) -> dict:

@@ -434,7 +434,9 @@ def curate(node, k: int) -> dict:
     e_form = np.where(is_ff, scratch.column("e_form"), e_form)
     keys = scratch.row_keys()
     scratch.annotate(list(keys), {"e_hull": e_hull, "e_form": e_form})
-    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node))
+    from .actions import entry_candidates
+
+    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node), rows=entry_candidates(scratch))
     scratch.annotate(ckeys, ccols)
     thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
     with tempfile.TemporaryDirectory(prefix="nodestore-curate-") as tmp:
@@ -532,6 +534,14 @@ RUNNERS = {"generate": generate, "screen": screen, "select": select, "label": la
 
 
 def run_stage(node, name: str, k: int) -> dict:
+    """Run one stage and record its wall time in loop/iter-k/timings/NAME.json."""
     if name not in RUNNERS:
         raise ValidationError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
-    return RUNNERS[name](node, k)
+    t0 = time.perf_counter()
+    result = RUNNERS[name](node, k)
+    timings = iter_dir(node, k) / "timings"
+    timings.mkdir(parents=True, exist_ok=True)
+    (timings / f"{name}.json").write_text(json.dumps(
+        {"stage": name, "iteration": k, "seconds": round(time.perf_counter() - t0, 2), **result},
+        indent=1, default=_json_default) + "\n")
+    return result

@@ -157,6 +157,17 @@ class PyxtalGenerator(Generator):
     of each composition, Z and space group by ``exp(lr * (reward - mean))`` of
     the outcomes that used it, so proposals move toward what ended
     stable/unique/novel; a floor keeps every option alive (exploration).
+
+    Density: pyxtal's ``from_random`` draws the cell volume as ``factor`` times
+    a sum over atoms of a volume drawn uniformly between the atom's
+    covalent-radius sphere and its van der Waals sphere (pyxtal's radii; for
+    Li-P-S about 5-25 A^3/atom before the factor), so its dense tail is far
+    denser than any Li-P-S solid (15-25 A^3/atom).  ``volume_factor`` is that
+    ``factor``; every cell is then scaled isotropically into a volume-per-atom
+    window (``volume_per_atom`` (min, max) in A^3, or by default
+    ``volume_window`` times the composition's mean covalent / van der Waals
+    sphere volume: about 13-30 A^3/atom for Li-P-S) before the ``min_distance``
+    check, so relaxation does not start from crushed or near-empty cells.
     """
 
     backend = "pyxtal"
@@ -164,7 +175,9 @@ class PyxtalGenerator(Generator):
     def __init__(self, elements: Sequence[str] = ("Li", "P", "S"), compositions: Sequence[str] | None = None,
                  z_values: Sequence[int] = (1, 2, 3, 4), spacegroups: Sequence[int] | None = None,
                  max_atoms: int = 40, min_distance: float = 1.6, lr: float = 1.0, floor: float = 0.02,
-                 seed: int = 0, weights: dict | None = None, max_attempts: int = 20):
+                 seed: int = 0, weights: dict | None = None, max_attempts: int = 20,
+                 volume_factor: float = 1.1, volume_per_atom: Sequence[float] | None = None,
+                 volume_window: Sequence[float] = (1.6, 1.2)):
         super().__init__()
         self.elements = list(elements)
         comps = list(compositions) if compositions else charge_balanced_compositions(self.elements)
@@ -177,6 +190,11 @@ class PyxtalGenerator(Generator):
         self.spacegroups = [int(s) for s in (spacegroups or range(2, 231))]
         self.max_atoms, self.min_distance = int(max_atoms), float(min_distance)
         self.lr, self.floor, self.seed, self.max_attempts = float(lr), float(floor), int(seed), int(max_attempts)
+        self.volume_factor = float(volume_factor)
+        self.volume_per_atom = None if volume_per_atom is None else [float(v) for v in volume_per_atom]
+        self.volume_window = [float(v) for v in volume_window]
+        if self.volume_per_atom is not None and not 0 < self.volume_per_atom[0] <= self.volume_per_atom[1]:
+            raise ValidationError(f"volume_per_atom {self.volume_per_atom} is not a (min, max) window")
         w = weights or {}
         self.weights = {
             "composition": {c: float(w.get("composition", {}).get(c, 1.0)) for c in self.compositions},
@@ -231,12 +249,13 @@ class PyxtalGenerator(Generator):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    crystal.from_random(3, sg, species, numbers, seed=self._rng.randrange(2**31))
+                    crystal.from_random(3, sg, species, numbers, factor=self.volume_factor,
+                                        seed=self._rng.randrange(2**31))
             except Exception:  # pyxtal raises when the Wyckoff sites cannot hold these counts
                 continue
             if not crystal.valid:
                 continue
-            atoms = crystal.to_ase()
+            atoms = _scale_into(crystal.to_ase(), self.volume_bounds(counts))
             if len(atoms) > max_atoms or not min_distance_ok(atoms, self.min_distance):
                 continue
             atoms.info.update({"generator": self.backend, "composition": comp, "z": z, "spacegroup": sg,
@@ -245,6 +264,18 @@ class PyxtalGenerator(Generator):
                 atoms.info["target_e_hull"] = float(conditions["target_e_hull"])
             out.append(atoms)
         return out
+
+    def volume_bounds(self, counts: dict) -> tuple[float, float]:
+        """The (min, max) volume per atom (A^3) a sampled cell is scaled into."""
+        if self.volume_per_atom is not None:
+            return self.volume_per_atom[0], self.volume_per_atom[1]
+        from pyxtal.database.element import Element
+
+        total = sum(counts.values())
+        cov = sum(n * 4 / 3 * math.pi * Element(el).covalent_radius ** 3 for el, n in counts.items()) / total
+        vdw = sum(n * 4 / 3 * math.pi * Element(el).vdw_radius ** 3 for el, n in counts.items()) / total
+        lo, hi = self.volume_window[0] * cov, self.volume_window[1] * vdw
+        return lo, max(lo, hi)
 
     def _learn(self, outcomes):
         rewards = np.array([float(o["reward"]) for o in outcomes])
@@ -272,14 +303,26 @@ class PyxtalGenerator(Generator):
         return {"elements": self.elements, "compositions": self.compositions, "z_values": self.z_values,
                 "spacegroups": self.spacegroups, "max_atoms": self.max_atoms, "min_distance": self.min_distance,
                 "lr": self.lr, "floor": self.floor, "seed": self.seed, "weights": self.weights,
-                "max_attempts": self.max_attempts}
+                "max_attempts": self.max_attempts, "volume_factor": self.volume_factor,
+                "volume_per_atom": self.volume_per_atom, "volume_window": self.volume_window}
 
     @classmethod
     def from_state(cls, state):
         return cls(**state)
 
     def _config(self):
-        return {"elements": self.elements, "max_atoms": self.max_atoms, "min_distance": self.min_distance}
+        return {"elements": self.elements, "max_atoms": self.max_atoms, "min_distance": self.min_distance,
+                "volume_factor": self.volume_factor}
+
+
+def _scale_into(atoms, bounds):
+    """Scale a periodic cell isotropically so its volume per atom lies in ``bounds``."""
+    lo, hi = bounds
+    v = atoms.get_volume() / len(atoms)
+    target = min(max(v, lo), hi)
+    if target != v:
+        atoms.set_cell(atoms.cell.array * (target / v) ** (1 / 3), scale_atoms=True)
+    return atoms
 
 
 # ---------------------------------------------------------------------- substitution

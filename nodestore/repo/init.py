@@ -11,8 +11,10 @@ from nodestore.config import default_params, parse_system, system_name, write_ya
 from nodestore.errors import ValidationError
 
 GITIGNORE = """\
-# nodestore private state (lock, read-only views of older revisions)
+# nodestore private state (lock, read-only views of older revisions, caches)
 /.nodestore/
+# `nodestore report` output
+/report/
 """
 
 DEFAULT_REFERENCE_METHOD = "gpaw-pbe-pw300"

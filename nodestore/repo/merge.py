@@ -200,7 +200,8 @@ def _plan_entries(node, plan: Plan, t_ours, t_theirs) -> None:
     bo, bt = t_ours.read(ie_o), t_theirs.read(ie_t)
     so, stt = bo.to_structures(), bt.to_structures()
     ours_ids = set(bo["frame_id"].tolist())
-    for j, i in match_pairs(stt, so):
+    match = {k: float(v) for k, v in (node.params.get("match") or {}).items() if k in ("ltol", "stol", "angle_tol")}
+    for j, i in match_pairs(stt, so, match):
         if bt["frame_id"][j] == bo["frame_id"][i]:
             continue  # the same frame: one row already
         if bt["frame_id"][j] in ours_ids:
@@ -218,21 +219,12 @@ def _plan_entries(node, plan: Plan, t_ours, t_theirs) -> None:
         plan.entry_links += 1
 
 
-def match_pairs(new, known) -> list[tuple[int, int]]:
-    """(i, j) pairs where new[i] is the same crystal as known[j] (first match of each new one)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+def match_pairs(new, known, params: dict | None = None) -> list[tuple[int, int]]:
+    """(i, j): new[i] is the same crystal as known[j], the first such j (exact StructureMatcher verdicts)."""
+    from nodestore.chem.matcher import Matcher
 
-    matcher = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5, primitive_cell=True, scale=True)
-    by_formula: dict[str, list[int]] = {}
-    for j, s in enumerate(known):
-        by_formula.setdefault(s.composition.reduced_formula, []).append(j)
-    pairs = []
-    for i, s in enumerate(new):
-        for j in by_formula.get(s.composition.reduced_formula, []):
-            if matcher.fit(s, known[j]):
-                pairs.append((i, j))
-                break
-    return pairs
+    hits = Matcher(**(params or {})).match(new, known)
+    return [(i, int(j)) for i, j in enumerate(hits) if j >= 0]
 
 
 def _plan_models(node, plan: Plan, ours, theirs, base_oid, prefer) -> None:
