@@ -41,8 +41,13 @@ def test_pyxtal_weights_follow_rewards(tmp_path):
     assert meta["kind"] == "generator" and meta["parent"] == gen.hash and len(meta["training_frames"]) == 5
     again = Generator.load(tmp_path / "g1")
     assert again.probabilities("composition") == pytest.approx(p1)
-    counts = [a.info["composition"] for a in again.sample(12)]
-    assert counts.count("Li3PS4") >= counts.count("P2S5")
+    # the reloaded proposal draws compositions with the learned frequencies (a seeded draw of 4,000
+    # proposals; pyxtal's own rejections are not part of the proposal distribution)
+    draws = [again._draw("composition") for _ in range(4000)]
+    for comp, p in p1.items():
+        assert draws.count(comp) / len(draws) == pytest.approx(p, abs=0.03)
+    sampled = again.sample(6)
+    assert len(sampled) == 6 and {a.info["composition"] for a in sampled} <= set(p1)
 
 
 def test_substitution_from_other_system():

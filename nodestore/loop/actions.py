@@ -38,9 +38,8 @@ def label_files(node, files, labeller: str | None = None, message: str | None = 
     """Label the structures of ``files`` with the node's labeller and commit them as frames."""
     from nodestore.frames import FrameBatch
     from nodestore.frames.validate import Rules, validate_batch
-    from nodestore.models.labeller import to_atoms
 
-    from .stages import load_labeller, make_executor
+    from .stages import apply_labeller, load_labeller
 
     if images is None:
         images = _read(files)
@@ -48,23 +47,13 @@ def label_files(node, files, labeller: str | None = None, message: str | None = 
     for a in images:
         a.calc = None
     validate_batch(FrameBatch.from_atoms(images), Rules(elements=frozenset(node.system)))
-    params_lab = dict(node.params.get("labeller") or {})
     if labeller:
-        params_lab = {"backend": labeller}
-    from nodestore.models.registry import from_config
+        from nodestore.models.registry import from_config
 
-    lab = from_config("labeller", params_lab) if labeller else load_labeller(node)
-    with make_executor(node) as ex:
-        labels = lab.label(images, executor=ex, progress=True)
-    good, failures = [], []
-    for a, res in zip(images, labels):
-        if res["ok"]:
-            b = to_atoms(a, res)
-            b.info = {"origin": origin, "source": a.info.get("source", "")}
-            good.append(b)
-        else:
-            failures.append({"source": a.info.get("source", ""), "formula": a.get_chemical_formula(),
-                             "error": res["error"]})
+        lab = from_config("labeller", {"backend": labeller})
+    else:
+        lab = load_labeller(node)
+    good, failures = apply_labeller(node, lab, images, {"origin": origin})
     out = {"labelled": len(good), "failures": failures, "method": lab.method, "commit": None}
     if good:
         batch = FrameBatch.from_atoms(good, method=lab.method)

@@ -51,6 +51,7 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
             ax.scatter(np.full(len(lab), k + 0.1), lab, s=30, marker="D", color="tab:red",
                        label=f"labelled ({it['method']})" if k == ks[0] else None)
     ax.axhline(0.1, ls="--", color="grey", lw=0.8)
+    ax.set_xticks(ks)
     ax.set_xlabel("iteration")
     ax.set_ylabel("E_hull (eV/atom)")
     ax.set_title("E_hull of new structures per iteration")
@@ -68,6 +69,7 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     ax.plot(xs, [np.nan if y is None else y for y in ys], "o-", label="H of the node (nats)")
     ax2 = ax.twinx()
     ax2.bar(ks, [np.nan if y is None else y for y in dh], alpha=0.3, color="tab:orange", label="mean dH of new frames")
+    ax.set_xticks(xs)
     ax.set_xlabel("iteration")
     ax.set_ylabel("H (nats)")
     ax2.set_ylabel("dH (nats)")
@@ -83,6 +85,7 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     fa = [((it.get("train") or {}).get("after") or {}).get("force_rmse") for it in its]
     ax.plot(ks, _nan(before), "o--", label="energy RMSE before fine-tune")
     ax.plot(ks, _nan(after), "o-", label="energy RMSE after")
+    ax.set_xticks(ks)
     ax.set_xlabel("iteration")
     ax.set_ylabel("energy RMSE (eV/atom)")
     ax3 = ax.twinx()
@@ -99,6 +102,7 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     for j, t in enumerate(("0.0", "0.025", "0.1")):
         vals = [((it.get("sun") or {}).get("by_threshold") or {}).get(t, {}).get("sun", 0) for it in its]
         ax.bar(np.array(ks) + (j - 1) * width, vals, width, label=f"E_hull ≤ {t}")
+    ax.set_xticks(ks)
     ax.set_xlabel("iteration")
     ax.set_ylabel("stable, unique, novel")
     ax.set_title("S.U.N. structures per iteration")
@@ -108,11 +112,10 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     # 5. the hull of the reference method, new stable phases marked
     hull_note = ""
     try:
-        from nodestore.loop.actions import hull_report
-
-        r = hull_report(node, rev=rev, plot=str(out / "hull.png"))
+        r = _hull_plot(node, rev, out / "hull.png")
         plots.append(out / "hull.png")
-        hull_note = f"stable phases on the {r['method']} hull: {', '.join(r['stable'])}"
+        hull_note = (f"stable phases on the {r['method']} hull: {', '.join(r['stable'])}; "
+                     f"found by the loop: {', '.join(r['new']) or 'none'}")
     except Exception as exc:  # a node without labelled references has no hull: say so on the page
         hull_note = f"no hull: {exc}"
     doc = node.show(rev)
@@ -132,6 +135,51 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 {imgs}</body></html>
 """)
     return {"plots": [str(p) for p in plots], "html": str(page)}
+
+
+def _hull_plot(node, rev, path: Path) -> dict:
+    """The hull of the reference method; stable phases the loop found are red stars, known ones green dots."""
+    import matplotlib.pyplot as plt
+
+    from nodestore.chem.api import hull_for_table
+
+    table = node.table_at(rev)
+    method = node.config["reference_method"]
+    diagram, e_hull, _ = hull_for_table(table, method)
+    origin, iteration, formula = table.column("origin"), table.column("iteration"), table.column("formula")
+    found = {formula[r] for r in range(len(table)) if iteration[r] > 0 and np.isfinite(e_hull[r]) and e_hull[r] <= 1e-6}
+    known = {formula[r] for r in range(len(table)) if origin[r] == "reference"}
+    stable = sorted({e.composition.reduced_formula for e in diagram.stable_entries})
+    new = sorted(f for f in stable if f in found and f not in known)
+    els = [el.symbol for el in diagram.elements]
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    if len(els) == 3:
+        def xy(comp):
+            f = [comp.get_atomic_fraction(el) for el in diagram.elements]
+            return f[1] + 0.5 * f[2], np.sqrt(3) / 2 * f[2]
+
+        entries = diagram.qhull_entries
+        for facet in diagram.facets:
+            pts = [xy(entries[i].composition) for i in facet] + [xy(entries[facet[0]].composition)]
+            ax.plot(*zip(*pts), color="k", lw=1)
+        for e in diagram.stable_entries:
+            x, y = xy(e.composition)
+            f = e.composition.reduced_formula
+            is_new = f in new
+            ax.plot(x, y, marker="*" if is_new else "o", ms=16 if is_new else 8,
+                    color="tab:red" if is_new else "tab:green", zorder=3)
+            ax.annotate(f, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9,
+                        color="tab:red" if is_new else "k")
+        ax.set_aspect("equal")
+        ax.axis("off")
+    else:  # quaternary and beyond: a bar chart of formation energies of the stable phases
+        form = [diagram.get_form_energy_per_atom(e) for e in diagram.stable_entries]
+        names = [e.composition.reduced_formula for e in diagram.stable_entries]
+        ax.barh(names, form, color=["tab:red" if n in new else "tab:green" for n in names])
+        ax.set_xlabel("formation energy (eV/atom)")
+    ax.set_title(f"{'-'.join(els)} hull ({method}); red: found by the loop")
+    _save(fig, path)
+    return {"method": method, "stable": stable, "new": new}
 
 
 def _nan(xs):

@@ -305,7 +305,6 @@ def _sample_rows(n: int, m: int) -> list[int]:
 def label(node, k: int) -> dict:
     """The labeller on the selected frames, through the executor; failures recorded, never labelled."""
     from nodestore.frames import FrameBatch
-    from nodestore.models.labeller import to_atoms
 
     from .actions import primitive
 
@@ -317,24 +316,34 @@ def label(node, k: int) -> dict:
         a.calc = None
     lab = load_labeller(node)
     _pause_for_tests("label")
-    with make_executor(node) as ex:
-        labels = lab.label(images, executor=ex, progress=True)
-    good, failures = [], []
-    for a, res in zip(images, labels):
-        if res["ok"]:
-            b = to_atoms(a, res)
-            b.info = {"parent_id": a.info["frame_id"], "origin": "labelled", "source": f"label@{k}",
-                      "spacegroup": a.info.get("spacegroup", 0)}
-            good.append(b)
-        else:
-            failures.append({"frame_id": a.info["frame_id"], "error": res["error"], "failure": res.get("failure")})
+    good, failures = apply_labeller(node, lab, images, {"origin": "labelled", "source": f"label@{k}"})
     batch = FrameBatch.from_atoms(good, method=lab.method, iteration=k)
     with atomic_dir(iter_dir(node, k) / "labelled") as out:
         write_table(out, batch)
         (out / "label.json").write_text(json.dumps({
             "method": lab.method, "method_info": lab.method_info, "labelled": len(good), "failures": failures,
-            "seconds": [round(float(r.get("seconds", 0.0)), 2) for r in labels]}, indent=1, default=str))
+            "seconds": [b.info.get("label_seconds") for b in good]}, indent=1, default=str))
     return {"labelled": len(good), "failed": len(failures)}
+
+
+def apply_labeller(node, lab, images, info: dict) -> tuple[list, list]:
+    """Label ``images`` through the node's executor: (labelled copies carrying ``info``, failures)."""
+    from nodestore.models.labeller import to_atoms
+
+    with make_executor(node) as ex:
+        labels = lab.label(images, executor=ex, progress=True)
+    good, failures = [], []
+    for a, res in zip(images, labels):
+        where = {"frame_id": a.info.get("frame_id", ""), "source": a.info.get("source", ""),
+                 "formula": a.get_chemical_formula("metal")}
+        if res["ok"]:
+            b = to_atoms(a, res)
+            b.info = {"source": where["source"], **info, "parent_id": where["frame_id"],
+                      "spacegroup": a.info.get("spacegroup", 0), "label_seconds": res.get("seconds")}
+            good.append(b)
+        else:
+            failures.append({**where, "error": res["error"], "failure": res.get("failure")})
+    return good, failures
 
 
 def train(node, k: int) -> dict:
@@ -436,7 +445,13 @@ def curate(node, k: int) -> dict:
     scratch.annotate(list(keys), {"e_hull": e_hull, "e_form": e_form})
     from .actions import entry_candidates
 
-    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node), rows=entry_candidates(scratch))
+    # a relaxed candidate that was labelled is superseded by its labelled frame: the same crystal,
+    # now on the reference method's scale; it must not make its own label look like a duplicate
+    labelled_parents = set(labelled.column("parent_id").tolist()) if len(labelled) else set()
+    cand = entry_candidates(scratch)
+    ids = scratch.column("frame_id")
+    cand = np.array([r for r in cand if not (is_ff[r] and ids[r] in labelled_parents)], dtype=np.int64)
+    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node), rows=cand)
     scratch.annotate(ckeys, ccols)
     thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
     with tempfile.TemporaryDirectory(prefix="nodestore-curate-") as tmp:
