@@ -41,7 +41,6 @@ def test_merge_is_union_with_overlap_once(node, tmp_path):
     t = Node.open(node.path).table
     ids = t.column("frame_id")
     assert len(t) == 201 and len(set(ids)) == 201
-    want = {a.info["frame_id"] for a in read_file(AIMD)} if False else None
     merged = Node.open(node.path)
     commit = merged.git.head.peel()
     assert len(commit.parents) == 2
@@ -188,3 +187,23 @@ def test_merge_of_larger_system_makes_union(node, tmp_path):
     node.import_files([STRUCTURES / "Li3P_P63mmc.cif"], message="diverge")
     node.merge("cl")
     assert Node.open(node.path).system == ["Cl", "Li", "P", "S"]
+
+
+def test_merge_across_schema_versions_is_refused(node, tmp_path):
+    from nodestore.errors import SchemaError
+    from nodestore.repo import git
+
+    node.import_files([STRUCTURES / "Li3P_P63mmc.cif"], message="base")
+    node.branch("future")
+    node.import_files([STRUCTURES / "P_black_Cmce.cif"], message="on main")
+    node.checkout("future")
+    # a commit written by a later nodestore: node.yaml at schema version 2
+    cfg = yaml.safe_load((node.path / "node.yaml").read_text())
+    cfg["schema_version"] = 2
+    (node.path / "node.yaml").write_text(yaml.safe_dump(cfg))
+    git.commit(node.git, "node.yaml at schema version 2")
+    node.checkout("main")
+    before = snapshot(node)
+    with pytest.raises(SchemaError, match="cannot merge across schema versions: ours is 1, theirs is 2"):
+        node.merge("future")
+    assert snapshot(node) == before

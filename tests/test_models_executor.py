@@ -49,3 +49,19 @@ def test_from_config_sections():
     gen = registry.from_config("generator", {"backend": "pyxtal", "n": 10, "checkpoint": None,
                                              "compositions": ["Li3PS4"], "max_atoms": 20})
     assert isinstance(gen, PyxtalGenerator) and gen.compositions == ["Li3PS4"]
+
+
+def _meet(barrier):
+    barrier.wait(timeout=20)  # raises BrokenBarrierError unless a second call runs at the same time
+    return True
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="needs two cores")
+def test_io_bound_work_runs_one_call_per_core():
+    import functools
+    import threading
+
+    barrier = threading.Barrier(2)
+    fn = functools.partial(_meet, barrier)
+    assert LocalExecutor(processes=1).map(lambda _: fn(), [0, 1], progress=False, io_bound=True) == [True, True]
+    assert LocalExecutor(processes=1).map(math.sqrt, [4, 9], progress=False, io_bound=True) == [2.0, 3.0]

@@ -1,6 +1,6 @@
 """Labellers: GPAW in a worker under /usr/bin/python3, failures recorded per frame."""
 
-import subprocess
+import os
 import textwrap
 
 import numpy as np
@@ -52,6 +52,8 @@ def bad_calculators(tmp_path):
         class Hang(Calculator):
             implemented_properties = ["energy", "forces"]
             def calculate(self, atoms=None, properties=None, system_changes=None):
+                with open(os.environ["HANG_PID_FILE"], "w") as f:
+                    f.write(str(os.getpid()))
                 time.sleep(60)
 
         class NoSCF(Calculator):
@@ -59,7 +61,7 @@ def bad_calculators(tmp_path):
             def calculate(self, atoms=None, properties=None, system_changes=None):
                 raise RuntimeError("SCF did not converge in 40 iterations")
     """))
-    return {"PYTHONPATH": str(tmp_path)}
+    return {"PYTHONPATH": str(tmp_path), "HANG_PID_FILE": str(tmp_path / "hang.pid")}
 
 
 def test_crash_timeout_unconverged_are_failures(bad_calculators):
@@ -71,5 +73,6 @@ def test_crash_timeout_unconverged_are_failures(bad_calculators):
     noscf = AseLabeller("badcalc:NoSCF", env=bad_calculators, timeout=30).label(atoms)[0]
     assert not noscf["ok"] and noscf["failure"] == "unconverged"
     # the hung worker is gone
-    out = subprocess.run(["pgrep", "-f", "nodestore-label-"], capture_output=True, text=True)
-    assert out.stdout.strip() == ""
+    pid = int(open(bad_calculators["HANG_PID_FILE"]).read())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

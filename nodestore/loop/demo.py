@@ -38,6 +38,7 @@ def run_demo(path="demo/Li-P-S", iterations: int = 2, fresh: bool = True, labell
              report_dir=None, echo=print) -> dict:
     """Build the demo node step by step, timing each step; return ``show()`` plus a summary per iteration."""
     from nodestore.config import default_params
+    from nodestore.models.registry import from_config
 
     from . import create_node
     from .actions import label_references
@@ -49,19 +50,11 @@ def run_demo(path="demo/Li-P-S", iterations: int = 2, fresh: bool = True, labell
         shutil.rmtree(path)
     params = default_params()
     params.update(json.loads(json.dumps(DEMO_PARAMS)))
-    reference_method = None
     if labeller:
         params["labeller"] = {"backend": labeller}
     timings = {}
     t = time.perf_counter()
-    if labeller:
-        from nodestore.models.registry import from_config
-
-        reference_method = from_config("labeller", params["labeller"]).method
-    else:
-        from nodestore.models.registry import from_config
-
-        reference_method = from_config("labeller", params["labeller"]).method
+    reference_method = from_config("labeller", params["labeller"]).method
     node = create_node("Li-P-S", path, reference_method=reference_method, params=params)
     timings["init"] = time.perf_counter() - t
     echo(f"[demo] initialised {path} (reference method {reference_method})")

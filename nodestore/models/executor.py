@@ -44,8 +44,12 @@ class Executor(abc.ABC):
     backend: ClassVar[str] = ""
 
     @abc.abstractmethod
-    def map(self, fn: Callable, items: Sequence, progress: bool = True) -> list:
-        """``[fn(x) for x in items]``, possibly in parallel; results in input order."""
+    def map(self, fn: Callable, items: Sequence, progress: bool = True, io_bound: bool = False) -> list:
+        """``[fn(x) for x in items]``, possibly in parallel; results in input order.
+
+        ``io_bound``: ``fn`` spends its time waiting (on a worker process of its own, such as a
+        first-principles code), so threads of this process may run several at once.
+        """
 
     def close(self) -> None:
         """Release workers/clients this executor created."""
@@ -79,10 +83,17 @@ class LocalExecutor(Executor):
             raise ValidationError(f"{processes} processes x {torch_threads} torch threads > {cores} cores")
         self.processes, self.torch_threads, self.desc = processes, torch_threads, desc
 
-    def map(self, fn, items, progress=True):
+    def map(self, fn, items, progress=True, io_bound=False):
         items = list(items)
         bar = _progress(len(items), progress and len(items) > 1, self.desc)
         try:
+            if io_bound and len(items) > 1:
+                # each call waits on its own single-threaded worker process: one call per core
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(min(cpu_count(), len(items))) as pool:
+                    futures = [pool.submit(fn, x) for x in items]
+                    return self._collect(futures, bar)
             if self.processes == 1 or len(items) <= 1:
                 out = []
                 for x in items:
@@ -97,13 +108,17 @@ class LocalExecutor(Executor):
             with ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_init_worker,
                                      initargs=(self.torch_threads,)) as pool:
                 futures = [pool.submit(fn, x) for x in items]
-                if bar is not None:
-                    for f in futures:
-                        f.add_done_callback(lambda _f: bar.update(1))
-                return [f.result() for f in futures]
+                return self._collect(futures, bar)
         finally:
             if bar is not None:
                 bar.close()
+
+    @staticmethod
+    def _collect(futures, bar) -> list:
+        if bar is not None:
+            for f in futures:
+                f.add_done_callback(lambda _f: bar.update(1))
+        return [f.result() for f in futures]
 
 
 class DaskExecutor(Executor):
@@ -130,7 +145,7 @@ class DaskExecutor(Executor):
             self._own = True
         self.desc = desc
 
-    def map(self, fn, items, progress=True):
+    def map(self, fn, items, progress=True, io_bound=False):
         from distributed import as_completed
 
         items = list(items)

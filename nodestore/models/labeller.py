@@ -41,6 +41,9 @@ class Labeller(abc.ABC):
 
     backend: ClassVar[str] = ""
     supports_stress: ClassVar[bool] = True
+    #: each frame is computed by a worker process of its own (single-threaded), so a local
+    #: executor may run one frame per core with threads
+    runs_in_worker: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -73,7 +76,7 @@ class Labeller(abc.ABC):
         if executor is None:
             from nodestore.models.executor import LocalExecutor
             executor = LocalExecutor(processes=1)
-        return executor.map(self.label_one, atoms_list, progress=progress)
+        return executor.map(self.label_one, atoms_list, progress=progress, io_bound=self.runs_in_worker)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method}>"
@@ -101,6 +104,7 @@ class AseLabeller(Labeller):
     """
 
     backend = "ase"
+    runs_in_worker = True
 
     def __init__(self, calculator: str, params: dict | None = None, *, method: str | None = None,
                  python: str | None = None, timeout: float = 600.0, env: dict | None = None,
