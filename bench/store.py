@@ -13,7 +13,6 @@ frames.  Every figure is printed with its ratio to the baseline measured here.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -26,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nodestore.frames import FrameBatch, FrameTable  # noqa: E402
-from nodestore.frames.batch import frame_id, reduced_formula  # noqa: E402
 from nodestore.frames.io import read_file  # noqa: E402
 
 
@@ -90,7 +88,6 @@ def main():
         return t
 
     t_write, _ = timed(write_table)
-    table = FrameTable.open(tdir)
 
     def read_all_ns():
         t = FrameTable.open(tdir)

@@ -52,19 +52,12 @@ def system_name(elements) -> str:
 
 
 def read_yaml(path: Path, schema: str) -> dict:
-    import yaml
+    from nodestore.schemas_util import load_document
 
     path = Path(path)
     if not path.exists():
         raise SchemaError(f"{path} is missing")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SchemaError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    from nodestore.schemas_util import validate
-
-    validate(doc, schema, where=str(path))
-    return doc
+    return load_document(path, schema)
 
 
 def write_yaml(path: Path, doc: dict, schema: str) -> None:

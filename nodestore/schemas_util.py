@@ -34,3 +34,26 @@ def validate(document, name: str, where: str = "") -> None:
         # the model sections have their own schema, kept beside the backends' docs
         models = {k: document[k] for k in ("forcefield", "labeller", "generator", "executor") if k in document}
         validate(models, "models.params", where=where)
+
+
+def load_document(path, name: str):
+    """Parse the JSON or YAML file ``path`` (by its suffix) and validate it against schema ``name``.
+
+    A file that does not parse, or does not validate, is one SchemaError naming the file.
+    """
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SchemaError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"{path} is not valid JSON: {exc}") from None
+    validate(doc, name, where=str(path))
+    return doc

@@ -1,11 +1,9 @@
 """The CLI: fast --help, one-line errors with exit codes, JSON output."""
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

@@ -24,7 +24,7 @@ def labelled_node(tmp_path_factory):
     from nodestore.loop import create_node
 
     path = tmp_path_factory.mktemp("sci") / "n"
-    node = create_node("Li-P-S", path, reference_method=LJ, params=tiny_params())
+    create_node("Li-P-S", path, reference_method=LJ, params=tiny_params())
     # label the shipped reference files through the CLI (primitive cells, LJ labeller)
     out = ns(path, "label", *sorted(STRUCTURES.glob("*.cif")), "--labeller", "lj", "--origin", "reference",
              "-m", "label references", "--json").stdout

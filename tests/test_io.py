@@ -8,7 +8,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from conftest import AIMD, REFERENCE_FILES, STRUCTURES
+from conftest import AIMD, REFERENCE_FILES
 from nodestore.errors import ValidationError
 from nodestore.frames import as_frames
 from nodestore.frames.io import read_file, write_frames

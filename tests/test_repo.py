@@ -1,12 +1,8 @@
 """The node as a repository: init, import, commit, log, status, show, diff, checkout, tag, lock."""
 
-import json
-import os
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 import yaml
 

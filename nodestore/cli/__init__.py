@@ -6,12 +6,9 @@ command that needs it, so that ``nodestore --help`` is instant.
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
-from .util import NODE_OPTION, JSON_OPTION, REV_OPTION, echo_json, open_node, run
+from .util import run
 
 __all__ = ["main"]
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from nodestore.errors import ValidationError
 
-from .columns import BY_NAME, COLUMNS, PER_ATOM, PER_FRAME, coerce
+from .columns import BY_NAME, COLUMNS, PER_FRAME, coerce
 
 #: rounding used for frame ids: 1e-6 Å is far below any physical distinction
 _ID_DECIMALS = 6

@@ -70,13 +70,9 @@ class FrameTable:
         mpath = path / MANIFEST
         if not mpath.exists():
             raise SchemaError(f"no structure table at {path} (missing {MANIFEST})")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"{mpath} is not valid JSON: {exc}") from None
-        from nodestore.schemas_util import validate
+        from nodestore.schemas_util import load_document
 
-        validate(manifest, "table", where=str(mpath))
+        manifest = load_document(mpath, "table")
         if manifest["format_version"] != FORMAT_VERSION:
             raise SchemaError(
                 f"table at {path} has format version {manifest['format_version']}; "

@@ -382,8 +382,6 @@ def train(node, k: int) -> dict:
 
 def _outcomes(node, k: int) -> list[dict]:
     """What each screened proposal earned: 1 if predicted stable and not a duplicate, else 0."""
-    from nodestore.frames.batch import reduced_formula  # noqa: F401  (formula column is reduced already)
-
     screened = read_table(iter_dir(node, k) / "screened")
     thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
     origin = screened.column("origin")
@@ -407,7 +405,6 @@ def _outcomes(node, k: int) -> list[dict]:
 def curate(node, k: int) -> dict:
     """E_hull on the labelled hull, novelty classes, S.U.N.; the iteration's segment and metrics."""
     from nodestore.chem import api as chem
-    from nodestore.chem.metrics import energy_force_errors, stability_metrics
     from nodestore.frames import FrameBatch, FrameTable
 
     item = iteration_item(node, k)
@@ -423,7 +420,7 @@ def curate(node, k: int) -> dict:
     scratch = FrameTable.create(scratch_dir)
     base = table.read()
     scratch.append(base, dedup=False)
-    seg_new = scratch.append(new, dedup=False)
+    scratch.append(new, dedup=False)
     n_base = len(base)
     new_rows = np.arange(n_base, len(scratch))
     metrics: dict = {"iteration": k, "method": method, "candidates": len(read_table(iter_dir(node, k) / "candidates")),
@@ -511,7 +508,7 @@ def _describe(x) -> dict:
 
 def _ff_quality(scratch, screened, labelled, method, e_hull_dft) -> dict:
     """FF predictions vs labels for the frames labelled this iteration (pairs by parent id)."""
-    from nodestore.chem.metrics import energy_force_errors, stability_metrics
+    from nodestore.chem.metrics import stability_metrics
 
     if not len(labelled):
         return {}

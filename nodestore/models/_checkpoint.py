@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from nodestore.errors import BackendError, SchemaError
-from nodestore.schemas_util import validate
+from nodestore.errors import BackendError
+from nodestore.schemas_util import load_document, validate
 
 META = "meta.json"
 FORMAT_VERSION = 1
@@ -78,11 +78,7 @@ def read_meta(directory, kind: str | None = None, backend: str | None = None) ->
     path = directory / META
     if not path.is_file():
         raise BackendError(f"{directory}: not a checkpoint directory (no {META})")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"{path}: not JSON: {exc}") from exc
-    validate(doc, "checkpoint", where=str(path))
+    doc = load_document(path, "checkpoint")
     if kind is not None and doc[K_KIND] != kind:
         raise BackendError(f"{directory}: a {doc[K_KIND]} checkpoint, not a {kind} checkpoint")
     if backend is not None and doc[K_BACKEND] != backend:
