@@ -87,6 +87,20 @@ def test_broken_cif_is_one_clear_error(tmp_path):
         read_file(bad)
 
 
+@pytest.mark.parametrize("labels, what", [
+    ({"energy": float("nan")}, "energy"),
+    ({"energy": float("inf"), "forces": np.zeros((2, 3))}, "energy"),
+    ({"energy": -3.0, "forces": np.full((2, 3), np.nan)}, "forces"),
+])
+def test_non_finite_labels_in_a_file_are_refused(tmp_path, labels, what):
+    # NaN means "not labelled" inside the table: a file's NaN energy must not slip in as an unlabelled frame
+    a = bulk("Li", "bcc", a=3.51, cubic=True)
+    a.calc = SinglePointCalculator(a, **labels)
+    write(str(tmp_path / "nan.extxyz"), [bulk("Li", "bcc", a=3.51), a], format="extxyz")
+    with pytest.raises(ValidationError, match=f"nan.extxyz frame 1: {what} is not a finite number"):
+        read_file(tmp_path / "nan.extxyz")
+
+
 def test_unknown_format(tmp_path):
     p = tmp_path / "x.pdfx"
     p.write_text("hello")

@@ -165,9 +165,22 @@ def read_file(path, format: str | None = None) -> list:
         raise ValidationError(f"{path}: cannot read as {fmt.name}: {msg}") from None
     if not images:
         raise ValidationError(f"{path}: no structures found")
-    for a in images:
+    for i, a in enumerate(images):
+        _check_labels(a, f"{path} frame {i}")
         a.info.setdefault("source", path.name)
     return images
+
+
+def _check_labels(atoms, where: str) -> None:
+    """A label the file gives must be a finite number: the table reads NaN as "not labelled",
+    so a NaN energy (or forces, or stress) would otherwise enter as a frame without labels."""
+    results = getattr(atoms.calc, "results", None) or {}
+    for key in ("energy", "free_energy", "forces", "stress"):
+        if key in results and results[key] is not None:
+            value = np.asarray(results[key], dtype=float)
+            if not np.isfinite(value).all():
+                name = "energy" if key == "free_energy" else key
+                raise ValidationError(f"{where}: {name} is not a finite number")
 
 
 # -- export ----------------------------------------------------------------
