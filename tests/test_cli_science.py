@@ -75,3 +75,10 @@ def test_predict_and_model_list(labelled_node, tmp_path):
     assert rows[0]["formula"] == "Li2S" and rows[0]["method"].startswith("ff:orb")
     assert "e_hull" in rows[0]
     assert json.loads(ns(labelled_node, "model", "list", "--json").stdout) == []
+    # a checkpoint of the wrong kind is one line and the backend exit code, not a traceback
+    from nodestore.models.generator import PyxtalGenerator
+
+    PyxtalGenerator(compositions=["Li2S"]).save(tmp_path / "gen")
+    bad = ns(labelled_node, "predict", li2s, "--model", tmp_path / "gen", check=False)
+    assert bad.returncode == 8 and "a generator checkpoint, not a forcefield checkpoint" in bad.stderr
+    assert "Traceback" not in bad.stderr

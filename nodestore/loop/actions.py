@@ -68,7 +68,7 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
                   steps: int = 200) -> list[dict]:
     """Energy per atom (and E_hull on this force field's own hull) for each structure of ``files``."""
     from nodestore.chem.hull import compute_hull
-    from nodestore.models.registry import load_checkpoint
+    from nodestore.models.forcefield import ForceField
 
     from .stages import FF_PREFIX, load_forcefield
 
@@ -79,10 +79,10 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
             path = node.path / "models" / model
         if not path.exists():
             raise ValidationError(f"no checkpoint {model!r} (see `nodestore model list`)")
-        ff = load_checkpoint(path)
+        ff = ForceField.load(path)
     else:
         cur = node.current_models().get("forcefield")
-        ff = load_checkpoint(node.path / "models" / cur) if cur else load_forcefield(node, Path("/nonexistent"))
+        ff = ForceField.load(node.path / "models" / cur) if cur else load_forcefield(node, None)
     if relax:
         res = ff.relax(images, fmax=fmax, steps=steps)
         energies = [r["energy"] for r in res]

@@ -102,21 +102,25 @@ def _pause_for_tests(stage: str) -> None:
         time.sleep(600)
 
 
-def load_forcefield(node, models_dir: Path):
-    from nodestore.models.registry import from_config, load_checkpoint
+def load_forcefield(node, models_dir: Path | None):
+    """The force field checkpoint in ``models_dir``, else the one params.yaml configures."""
+    from nodestore.models.forcefield import ForceField
+    from nodestore.models.registry import from_config
 
-    ckpt = models_dir / "forcefield"
-    if (ckpt / "meta.json").exists():
-        return load_checkpoint(ckpt)
+    ckpt = models_dir / "forcefield" if models_dir is not None else None
+    if ckpt is not None and (ckpt / "meta.json").exists():
+        return ForceField.load(ckpt)
     return from_config("forcefield", section(node.params, "forcefield"))
 
 
-def load_generator(node, models_dir: Path):
-    from nodestore.models.registry import from_config, load_checkpoint
+def load_generator(node, models_dir: Path | None):
+    """The generator checkpoint in ``models_dir``, else the one params.yaml configures."""
+    from nodestore.models.generator import Generator
+    from nodestore.models.registry import from_config
 
-    ckpt = models_dir / "generator"
-    if (ckpt / "meta.json").exists():
-        return load_checkpoint(ckpt)
+    ckpt = models_dir / "generator" if models_dir is not None else None
+    if ckpt is not None and (ckpt / "meta.json").exists():
+        return Generator.load(ckpt)
     cfg = section(node.params, "generator")
     if cfg.get("backend", "pyxtal") == "pyxtal":
         cfg.setdefault("elements", node.system)

@@ -348,10 +348,7 @@ class ForceField(abc.ABC):
         directory = Path(directory)
         if cls is ForceField:
             from nodestore.models.registry import load_checkpoint
-            ff = load_checkpoint(directory)
-            if not isinstance(ff, ForceField):
-                raise BackendError(f"{directory}: not a force-field checkpoint")
-            return ff
+            return load_checkpoint(directory, kind=KIND)
         meta = ckpt.read_meta(directory, kind=KIND, backend=cls.backend)
         ff = cls._from_files(directory, meta)
         ff.parent = meta[ckpt.K_PARENT]

@@ -89,7 +89,7 @@ class Generator(abc.ABC):
         directory = Path(directory)
         if cls is Generator:
             from nodestore.models.registry import load_checkpoint
-            return load_checkpoint(directory)
+            return load_checkpoint(directory, kind=KIND)
         meta = ckpt.read_meta(directory, kind=KIND, backend=cls.backend)
         gen = cls.from_state(json.loads((directory / STATE).read_text()))
         gen.parent, gen.hash = meta[ckpt.K_PARENT], meta[ckpt.K_HASH]

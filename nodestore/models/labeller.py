@@ -261,8 +261,7 @@ class ForceFieldLabeller(Labeller):
         if isinstance(forcefield, ForceField):
             self.forcefield = forcefield
         elif Path(str(forcefield)).is_dir():
-            from nodestore.models.registry import load_checkpoint
-            self.forcefield = load_checkpoint(forcefield)
+            self.forcefield = ForceField.load(forcefield)
         else:
             from nodestore.models.registry import create
             self.forcefield = create("forcefield", str(forcefield), **config)

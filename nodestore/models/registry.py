@@ -127,7 +127,7 @@ def from_config(kind: str, section: dict | None):
     (a ``checkpoint`` key loads that checkpoint instead)."""
     section = dict(section or {})
     if section.get("checkpoint"):
-        return load_checkpoint(section["checkpoint"])
+        return load_checkpoint(section["checkpoint"], kind=kind)
     name = section.pop("backend", None) or DEFAULTS[kind]
     for key in _NOT_CONSTRUCTOR.get(kind, ()):
         section.pop(key, None)
@@ -143,8 +143,10 @@ _NOT_CONSTRUCTOR = {"forcefield": ("checkpoint", "relax", "finetune"),
 DEFAULTS = {"forcefield": "chgnet", "generator": "pyxtal", "labeller": "gpaw", "executor": "local"}
 
 
-def load_checkpoint(path):
-    """Load a force-field or generator checkpoint directory, dispatching on meta.json's backend."""
+def load_checkpoint(path, kind: str | None = None):
+    """Load a force-field or generator checkpoint directory, dispatching on meta.json's backend;
+    with ``kind``, a checkpoint of another kind is a BackendError."""
+    wanted = kind
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
@@ -156,5 +158,7 @@ def load_checkpoint(path):
         raise BackendError(f"{meta_path}: unreadable checkpoint metadata: {exc}") from exc
     if kind not in ("forcefield", "generator"):
         raise BackendError(f"{meta_path}: checkpoints of kind {kind!r} are not loadable")
+    if wanted is not None and kind != wanted:
+        raise BackendError(f"{path}: a {kind} checkpoint, not a {wanted} checkpoint")
     cls = registry(kind).get(backend)
     return cls.load(path)
