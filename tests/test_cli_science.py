@@ -82,3 +82,26 @@ def test_predict_and_model_list(labelled_node, tmp_path):
     bad = ns(labelled_node, "predict", li2s, "--model", tmp_path / "gen", check=False)
     assert bad.returncode == 8 and "a generator checkpoint, not a forcefield checkpoint" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_label_through_a_dask_scheduler(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+    from distributed import LocalCluster
+
+    from nodestore.loop import create_node
+
+    path = tmp_path / "d"
+    create_node("Li-P-S", path, reference_method=LJ, params=tiny_params())
+    li2s = tmp_path / "Li2S.cif"
+    write(str(li2s), [bulk("SLi2", "fluorite", a=5.70)])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=None) as cluster:
+        r = json.loads(ns(path, "label", li2s, "--labeller", "lj", "--scheduler", cluster.scheduler_address,
+                          "-m", "Li2S on the cluster", "--json").stdout)
+        # the label ran as a task of the cluster's scheduler
+        prefixes = list(cluster.scheduler.task_prefixes)
+    assert r["labelled"] == 1 and r["method"] == LJ and r["commit"]
+    assert "label_one" in prefixes
+    bad = ns(path, "label", li2s, "--labeller", "lj", "--scheduler", "localhost:1", check=False)
+    assert bad.returncode == 2 and "not a Dask scheduler address" in bad.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from .util import JSON_OPTION, REV_OPTION, echo_json, open_node, table_print
+from .util import JSON_OPTION, REV_OPTION, SCHEDULER_OPTION, echo_json, open_node, table_print
 
 
 @main.command()
@@ -151,6 +151,7 @@ def predict(ctx, files, model, relax, fmax, steps, as_json):
 @click.option("--no-primitive", is_flag=True, help="Label the cells as given, not their primitive cells.")
 @click.option("--origin", type=click.Choice(["labelled", "reference"]), default="labelled")
 @click.option("-m", "--message", default=None)
+@SCHEDULER_OPTION
 @JSON_OPTION
 @click.pass_context
 def label(ctx, files, labeller, no_primitive, origin, message, as_json):
@@ -180,18 +181,14 @@ def stage(ctx, name, k):
 
 @main.command()
 @click.option("--run", "run_", is_flag=True, help="Also run `dvc repro` and commit the iteration.")
-@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Dask scheduler for screening and labelling.")
+@SCHEDULER_OPTION
 @click.option("-m", "--message", default=None)
 @JSON_OPTION
 @click.pass_context
-def iterate(ctx, run_, scheduler, message, as_json):
+def iterate(ctx, run_, message, as_json):
     """Add the next loop iteration to params.yaml (and with --run, reproduce and commit it)."""
-    import os
-
     from nodestore.loop.iterate import iterate as do
 
-    if scheduler:
-        os.environ["NODESTORE_SCHEDULER"] = scheduler
     r = do(open_node(ctx), run=run_, message=message)
     if as_json:
         echo_json(r)

@@ -19,6 +19,19 @@ def REV_OPTION(f):
     return click.option("--rev", default=None, metavar="REV", help="Revision (branch, tag, commit); default: work tree.")(f)
 
 
+def _use_scheduler(ctx, param, value):
+    # the stages read it from the environment: `dvc repro` runs them as child processes
+    if value:
+        os.environ["NODESTORE_SCHEDULER"] = value
+    return value
+
+
+def SCHEDULER_OPTION(f):
+    return click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", expose_value=False,
+                        callback=_use_scheduler,
+                        help="Dask scheduler for screening and labelling (default: params.yaml's executor).")(f)
+
+
 def open_node(ctx):
     from nodestore.repo import Node
 

@@ -134,12 +134,13 @@ def load_labeller(node):
 
 
 def make_executor(node):
-    from nodestore.models.executor import make_executor as mk
+    """params.yaml's executor; ``--scheduler`` (NODESTORE_SCHEDULER) sends the work to Dask instead."""
+    from nodestore.models.registry import from_config
 
     cfg = section(node.params, "executor")
-    spec = os.environ.get("NODESTORE_SCHEDULER") or cfg.pop("scheduler", None)
-    cfg.pop("backend", None)
-    return mk(spec, **cfg)
+    if os.environ.get("NODESTORE_SCHEDULER"):
+        cfg = {"backend": "dask", "address": os.environ["NODESTORE_SCHEDULER"]}
+    return from_config("executor", cfg)
 
 
 # -- the stages --------------------------------------------------------------------
