@@ -215,3 +215,18 @@ def test_cli_remote_push_clone(node, tmp_path):
     r = _cli("push", "nowhere", cwd=node.path)
     assert r.returncode == RevisionError.exit_code and r.stderr.strip() == (
         "error: no remote 'nowhere'; add one with `nodestore remote add nowhere URL`")
+
+
+def test_clone_and_fetch_take_only_the_data_of_one_branch(pushed, tmp_path):
+    node, remote, _ = pushed
+    node.branch("samples")
+    node.checkout("samples")
+    node.import_files(LI3PS4_SAMPLES, method="pbesol", message="samples on a branch")
+    node.push()
+    md5, rel = _new_segment_object(node)
+    assert (remote / rel).exists()
+    clone = Node.clone(str(remote), tmp_path / "clone")
+    assert clone.git.head.shorthand == "main" and clone.show()["frames"] == 200
+    assert not dvc.cache_file(clone.path, md5).exists()  # main's data only
+    got = clone.fetch(branch="samples")
+    assert got["ref"] == "origin/samples" and dvc.cache_file(clone.path, md5).exists()
