@@ -39,6 +39,8 @@ def label_files(node, files, labeller: str | None = None, message: str | None = 
     from nodestore.frames import FrameBatch
     from nodestore.frames.validate import Rules, validate_batch
 
+    from nodestore.repo.methods import check_method, record_method
+
     from .stages import apply_labeller, load_labeller
 
     if images is None:
@@ -53,13 +55,15 @@ def label_files(node, files, labeller: str | None = None, message: str | None = 
         lab = from_config("labeller", {"backend": labeller})
     else:
         lab = load_labeller(node)
-    good, failures = apply_labeller(node, lab, images, {"origin": origin})
+    check_method(node, lab.method_info)  # before any compute
+    good, failures, method_info = apply_labeller(node, lab, images, {"origin": origin})
     out = {"labelled": len(good), "failures": failures, "method": lab.method, "commit": None}
     if good:
         batch = FrameBatch.from_atoms(good, method=lab.method)
         table = node.table
         seg = table.append(batch)
-        if seg is not None:
+        changed = record_method(node, method_info)
+        if seg is not None or changed:
             out["commit"] = node.commit(message or f"label {len(good)} structures with {lab.method}")
     return out
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from nodestore.config import with_defaults, write_yaml
 from nodestore.errors import NodestoreError
+from nodestore.repo.methods import record_method
 
 from .stages import iter_dir, read_table
 
@@ -130,6 +131,9 @@ def _absorb_one(node, k: int, message: str | None) -> dict:
         table.annotate(list(keys), {"e_hull": e_hull[rows], "e_form": e_form[rows]})
     except NodestoreError:
         pass
+    lab = json.loads((iter_dir(node, k) / "labelled" / "label.json").read_text())
+    if lab.get("labelled"):
+        record_method(node, lab["method_info"])
     models = iter_dir(node, k) / "models"
     for kind in ("forcefield", "generator"):
         if (models / kind / "meta.json").exists():

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nodestore.errors import NodestoreError, ValidationError
+from nodestore.repo.methods import check_method
 
 STAGES = ("generate", "screen", "select", "label", "train", "curate")
 FF_PREFIX = "ff:"
@@ -320,19 +321,21 @@ def label(node, k: int) -> dict:
     for a in images:
         a.calc = None
     lab = load_labeller(node)
+    check_method(node, lab.method_info)
     _pause_for_tests("label")
-    good, failures = apply_labeller(node, lab, images, {"origin": "labelled", "source": f"label@{k}"})
+    good, failures, method_info = apply_labeller(node, lab, images, {"origin": "labelled", "source": f"label@{k}"})
     batch = FrameBatch.from_atoms(good, method=lab.method, iteration=k)
     with atomic_dir(iter_dir(node, k) / "labelled") as out:
         write_table(out, batch)
         (out / "label.json").write_text(json.dumps({
-            "method": lab.method, "method_info": lab.method_info, "labelled": len(good), "failures": failures,
+            "method": lab.method, "method_info": method_info, "labelled": len(good), "failures": failures,
             "seconds": [b.info.get("label_seconds") for b in good]}, indent=1, default=str))
     return {"labelled": len(good), "failed": len(failures)}
 
 
-def apply_labeller(node, lab, images, info: dict) -> tuple[list, list]:
-    """Label ``images`` through the node's executor: (labelled copies carrying ``info``, failures)."""
+def apply_labeller(node, lab, images, info: dict) -> tuple[list, list, dict]:
+    """Label ``images`` through the node's executor: (labelled copies carrying ``info``, failures,
+    the method info of the labels, code version included)."""
     from nodestore.models.labeller import to_atoms
 
     with make_executor(node) as ex:
@@ -348,7 +351,10 @@ def apply_labeller(node, lab, images, info: dict) -> tuple[list, list]:
             good.append(b)
         else:
             failures.append({**where, "error": res["error"], "failure": res.get("failure")})
-    return good, failures
+    # the labeller's settings (what node.yaml compares) with the code version its worker reported
+    versions = sorted({str(res["method_info"].get("version")) for res in labels
+                       if res["ok"] and res["method_info"].get("version")})
+    return good, failures, {**lab.method_info, "version": versions[0] if versions else None}
 
 
 def train(node, k: int) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from nodestore.config import parse_system, read_yaml, system_name
+from nodestore.config import parse_system, read_yaml, system_name, write_yaml
 from nodestore.errors import NodestoreError, ValidationError
 
 
@@ -51,6 +51,10 @@ def extend(node, elements, to, message: str | None = None):
     for p in dst_table.rglob("*"):
         if p.is_file():
             p.chmod(0o644)
+    if cfg.get("methods"):  # the carried labels keep what their method names stand for
+        new_cfg = new.config
+        new_cfg["methods"] = cfg["methods"]
+        write_yaml(new.path / "node.yaml", new_cfg, "node")
     src_models, dst_models = node.path / MODELS_DIR, new.path / MODELS_DIR
     shutil.rmtree(dst_models)
     shutil.copytree(src_models, dst_models)

@@ -25,6 +25,7 @@ import numpy as np
 from nodestore.errors import MergeConflict, NodestoreError, SchemaError
 
 from .lock import locked
+from .methods import merge_methods
 
 POLICIES = (None, "ours", "theirs")
 
@@ -40,6 +41,7 @@ class Plan:
     current_models: dict = field(default_factory=dict)
     system: list = field(default_factory=list)
     entry_links: int = 0
+    methods: dict = field(default_factory=dict)  # node.yaml's methods of the result
 
 
 def _labels_equal(a, b, ia: int, ib: int) -> bool:
@@ -135,6 +137,9 @@ def _plan(node, ours, theirs, base_oid, rev, prefer, allow_extend) -> Plan:
                 "merge with --allow-extend to make the union system"
             )
     plan.system = sorted(mine_sys | their_sys)
+    plan.methods, clashes = merge_methods(mine_cfg.get("methods"), their_cfg.get("methods"))
+    if clashes:  # energies of one name computed two ways cannot share a hull: no policy picks a side
+        raise MergeConflict(_report(clashes, rev), clashes)
     if their_cfg.get("reference_method") != mine_cfg.get("reference_method"):
         plan.conflicts.append({"kind": "reference_method", "ours": mine_cfg.get("reference_method"),
                                "theirs": their_cfg.get("reference_method")})
@@ -262,11 +267,18 @@ def _report(conflicts: list, rev: str) -> str:
             lines.append(f"  label conflict on {c['row']}: ours E={c['ours_energy']} theirs E={c['theirs_energy']}")
         elif c["kind"] == "checkpoint":
             lines.append(f"  checkpoint conflict on {c['model']}: ours {c['ours']} theirs {c['theirs']}")
+        elif c["kind"] == "method":
+            lines.append(f"  method {c['method']!r} stands for other settings on each side: "
+                         f"{'; '.join(c['differences'])}")
         else:
             lines.append(f"  {c['kind']} conflict: ours {c['ours']} theirs {c['theirs']}")
     if len(conflicts) > 10:
         lines.append(f"  ... and {len(conflicts) - 10} more")
-    lines.append("  resolve with --prefer ours or --prefer theirs")
+    if any(c["kind"] == "method" for c in conflicts):
+        lines.append("  energies of one method name computed two ways cannot share a hull: relabel one side "
+                     "under its own method name, then merge")
+    else:
+        lines.append("  resolve with --prefer ours or --prefer theirs")
     return "\n".join(lines)
 
 
@@ -310,6 +322,8 @@ def _apply(node, plan: Plan, ours, theirs, rev: str, message: str | None) -> dic
         current_file.write_text(json.dumps(plan.current_models, indent=1, sort_keys=True) + "\n")
         cfg = node.config
         cfg["system"] = plan.system
+        if plan.methods:
+            cfg["methods"] = plan.methods
         cfg["lineage"] = [*cfg.get("lineage", []), {
             "event": "merge", "date": now(), "source": rev, "parent_commit": str(theirs.id),
             "parent_node": _other_config(node, theirs).get("node_id", ""),

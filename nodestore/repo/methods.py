@@ -1,0 +1,79 @@
+"""The energy methods of a node: what each ``method`` name in the table stands for.
+
+The table stores one short method name per row (``gpaw-pbe-pw300``); node.yaml's ``methods``
+maps each name to the settings that produced it (code, functional, cutoff, k-point density,
+smearing, the calculator's parameters) and the code versions seen.  A name stands for one set
+of settings: energies of one name share a hull, so a labeller whose settings differ from those
+recorded under its name is refused before it computes anything, and two nodes that recorded
+different settings under one name do not merge.
+"""
+
+from __future__ import annotations
+
+from nodestore.errors import ValidationError
+
+#: what makes two labels comparable; the code version is recorded, not compared
+SETTINGS = ("code", "functional", "cutoff_ev", "kpoint_density", "smearing_ev", "params")
+
+
+def settings_of(info: dict) -> dict:
+    """The comparable part of a labeller's ``method_info``."""
+    return {k: info.get(k) for k in SETTINGS}
+
+
+def differences(recorded: dict, info: dict) -> list[str]:
+    """``key: recorded vs new`` for each setting that differs."""
+    return [f"{k} {recorded.get(k)!r} vs {info.get(k)!r}" for k in SETTINGS if recorded.get(k) != info.get(k)]
+
+
+def check_method(node, info: dict) -> None:
+    """Refuse a labeller whose settings differ from those recorded under its method name."""
+    name = info["name"]
+    recorded = (node.config.get("methods") or {}).get(name)
+    if recorded is None:
+        return
+    diff = differences(recorded, info)
+    if diff:
+        raise ValidationError(
+            f"method {name!r} is recorded in node.yaml with other settings ({'; '.join(diff)}): "
+            "its energies would share a hull with these; give this labeller its own method name"
+        )
+
+
+def record_method(node, info: dict) -> bool:
+    """Write ``info`` under its name into node.yaml's ``methods`` (adding a new code version);
+    return whether node.yaml changed.  The caller commits."""
+    from nodestore.config import write_yaml
+
+    from .node import NODE_YAML
+
+    check_method(node, info)
+    cfg = node.config
+    methods = dict(cfg.get("methods") or {})
+    entry = dict(methods.get(info["name"]) or settings_of(info))
+    versions = set(entry.get("versions") or [])
+    if info.get("version"):
+        versions.add(str(info["version"]))
+    entry["versions"] = sorted(versions)
+    if methods.get(info["name"]) == entry:
+        return False
+    methods[info["name"]] = entry
+    cfg["methods"] = methods
+    write_yaml(node.path / NODE_YAML, cfg, "node")
+    return True
+
+
+def merge_methods(ours: dict | None, theirs: dict | None) -> tuple[dict, list[dict]]:
+    """The union of two ``methods`` maps, and the names whose settings differ between them."""
+    out = {k: dict(v) for k, v in (ours or {}).items()}
+    clashes = []
+    for name, entry in (theirs or {}).items():
+        if name not in out:
+            out[name] = dict(entry)
+            continue
+        diff = differences(out[name], entry)
+        if diff:
+            clashes.append({"kind": "method", "method": name, "differences": diff})
+            continue
+        out[name]["versions"] = sorted(set(out[name].get("versions") or []) | set(entry.get("versions") or []))
+    return out, clashes
