@@ -172,6 +172,12 @@ def test_stability_metrics():
     assert m["F1"] == pytest.approx(0.5)
     assert m["DAF"] == pytest.approx(0.5 / (2 / 6))
     assert m["MAE"] == pytest.approx(np.mean(np.abs(true[:5] - pred[:5])))
+    # a batch with no stable label (a loop iteration's usual few): counts and errors, no crash
+    none_stable = stability_metrics([0.2, 0.3, 0.4], [0.1, -0.05, 0.5])
+    assert (none_stable["TP"], none_stable["FP"], none_stable["TN"], none_stable["FN"]) == (0, 1, 2, 0)
+    assert none_stable["Precision"] == 0.0 and none_stable["Recall"] is None and none_stable["F1"] is None
+    assert none_stable["Accuracy"] == pytest.approx(2 / 3) and "only unstable" in none_stable["note"]
+    assert none_stable["MAE"] == pytest.approx(np.mean([0.1, 0.35, 0.1]))
 
 
 def test_force_field_errors_against_pbe_frames(chgnet, aimd_frames):

@@ -60,53 +60,71 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     plots.append(_save(fig, out / "ehull.png"))
 
     # 2. entropy H and dH per iteration: the saturation diagnostic
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.4))
     h = [it.get("entropy", {}).get("H_after") for it in its]
     h0 = its[0].get("entropy", {}).get("H_before") if its else None
     dh = [(it.get("entropy", {}).get("delta") or {}).get("mean") for it in its]
     xs = [0] + ks if h0 is not None else ks
     ys = ([h0] if h0 is not None else []) + h
-    ax.plot(xs, [np.nan if y is None else y for y in ys], "o-", label="H of the node (nats)")
     ax2 = ax.twinx()
-    ax2.bar(ks, [np.nan if y is None else y for y in dh], alpha=0.3, color="tab:orange", label="mean dH of new frames")
+    ax2.bar(ks, _nan(dh), width=0.5, alpha=0.3, color="tab:orange", label="mean δH of the new frames (right)")
+    ax.plot(xs, _nan(ys), "o-", color="tab:blue", label="H of the node (left)")
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
     ax.set_xticks(xs)
     ax.set_xlabel("iteration")
     ax.set_ylabel("H (nats)")
-    ax2.set_ylabel("dH (nats)")
+    ax2.set_ylabel("δH (nats)")
     ax.set_title("Local-environment entropy (QUESTS)")
-    fig.legend(loc="lower right", fontsize=8)
+    _legend_below(ax, ax2)
     plots.append(_save(fig, out / "entropy.png"))
 
-    # 3. force-field learning curve: RMSE against labelled frames before and after each fine-tune
-    fig, ax = plt.subplots(figsize=(6, 4))
-    before = [((it.get("train") or {}).get("before") or {}).get("energy_rmse_per_atom") for it in its]
+    # 3. force-field learning curve: errors on labels it had not seen, and the fine-tunes
+    fig, (ax, axf) = plt.subplots(1, 2, figsize=(9, 4.4))
+    held = [(it.get("forcefield") or {}).get("energy_rmse_per_atom") for it in its]
+    ft = [((it.get("train") or {}).get("finetune") or {}) for it in its]
+    vb = [f.get("val_energy_rmse_per_atom_before") for f in ft]
+    va = [f.get("val_energy_rmse_per_atom") for f in ft]
     after = [((it.get("train") or {}).get("after") or {}).get("energy_rmse_per_atom") for it in its]
-    fb = [((it.get("train") or {}).get("before") or {}).get("force_rmse") for it in its]
-    fa = [((it.get("train") or {}).get("after") or {}).get("force_rmse") for it in its]
-    ax.plot(ks, _nan(before), "o--", label="energy RMSE before fine-tune")
-    ax.plot(ks, _nan(after), "o-", label="energy RMSE after")
+    ax.plot(ks, _nan(held), "o-", color="tab:red", label="FF(k-1) on iteration k's new labels")
+    ax.plot(ks, _nan(vb), "s--", color="tab:blue", alpha=0.6, label="validation split, before fine-tune")
+    ax.plot(ks, _nan(va), "s-", color="tab:blue", label="validation split, after fine-tune")
+    ax.plot(ks, _nan(after), "^:", color="grey", label="all labelled frames after (training included)")
     ax.set_xticks(ks)
     ax.set_xlabel("iteration")
     ax.set_ylabel("energy RMSE (eV/atom)")
-    ax3 = ax.twinx()
-    ax3.plot(ks, _nan(fb), "s--", color="tab:green", alpha=0.6, label="force RMSE before")
-    ax3.plot(ks, _nan(fa), "s-", color="tab:green", label="force RMSE after")
-    ax3.set_ylabel("force RMSE (eV/Å)")
-    ax.set_title("Force field against labelled frames")
-    fig.legend(loc="upper right", fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.set_title("Energy")
+    fb = [((it.get("train") or {}).get("before") or {}).get("force_rmse") for it in its]
+    fa = [((it.get("train") or {}).get("after") or {}).get("force_rmse") for it in its]
+    axf.plot(ks, _nan(fb), "s--", color="tab:green", alpha=0.6, label="before fine-tune")
+    axf.plot(ks, _nan(fa), "s-", color="tab:green", label="after fine-tune")
+    axf.set_xticks(ks)
+    axf.set_xlabel("iteration")
+    axf.set_ylabel("force RMSE (eV/Å)")
+    axf.set_ylim(bottom=0)
+    axf.set_title("Forces (labelled frames)")
+    ax.legend(fontsize=7, loc="lower left")
+    axf.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Force field against first-principles labels")
     plots.append(_save(fig, out / "learning_curve.png"))
 
     # 4. S.U.N. counts per iteration
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.25
+    top = 0
     for j, t in enumerate(("0.0", "0.025", "0.1")):
         vals = [((it.get("sun") or {}).get("by_threshold") or {}).get(t, {}).get("sun", 0) for it in its]
-        ax.bar(np.array(ks) + (j - 1) * width, vals, width, label=f"E_hull ≤ {t}")
+        bars = ax.bar(np.array(ks) + (j - 1) * width, vals, width, label=f"E_hull ≤ {t} eV/atom")
+        ax.bar_label(bars, fontsize=8)
+        top = max([top, *vals])
+    ax.set_ylim(0, max(1, top) * 1.25)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xticks(ks)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("stable, unique, novel")
+    ax.set_ylabel("stable, unique, novel (labelled)")
     ax.set_title("S.U.N. structures per iteration")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     plots.append(_save(fig, out / "sun.png"))
 
     # 5. the hull of the reference method, new stable phases marked
@@ -120,10 +138,8 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
         hull_note = f"no hull: {exc}"
     doc = node.show(rev)
     page = out / "index.html"
-    rows = "".join(
-        f"<tr><td>{it['iteration']}</td><td>{it.get('candidates')}</td><td>{it.get('screened')}</td>"
-        f"<td>{it.get('labelled')}</td><td>{((it.get('sun') or {}).get('by_threshold') or {}).get('0.1', {}).get('sun')}</td></tr>"
-        for it in its)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in _table_row(it)) + "</tr>" for it in its)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEAD)
     imgs = "".join(f'<figure><img src="{p.name}" width="480"><figcaption>{p.stem}</figcaption></figure>' for p in plots)
     page.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(doc['system'])} node report</title>
 <style>body{{font-family:sans-serif;max-width:1040px;margin:auto}} figure{{display:inline-block;margin:4px}}
@@ -131,7 +147,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 <h1>{html.escape(doc['system'])} node</h1>
 <p>commit {doc['commit'][:10]} &middot; {doc['frames']} frames, {doc['labelled']} labelled, {doc['entries']} entries,
 {doc['iterations']} iterations &middot; {html.escape(hull_note)}</p>
-<table><tr><th>iteration</th><th>candidates</th><th>screened</th><th>labelled</th><th>S.U.N. (≤0.1 eV/atom)</th></tr>{rows}</table>
+<table><tr>{head}</tr>{rows}</table>
 {imgs}</body></html>
 """)
     return {"plots": [str(p) for p in plots], "html": str(page)}
@@ -184,6 +200,34 @@ def _hull_plot(node, rev, path: Path) -> dict:
 
 def _nan(xs):
     return [np.nan if x is None else x for x in xs]
+
+
+TABLE_HEAD = ("iteration", "candidates", "screened", "labelled", "S.U.N. (≤0.1 eV/atom)",
+              "FF(k-1) energy RMSE on new labels (eV/atom)", "H after (nats)", "mean δH (nats)")
+
+
+def _table_row(it: dict) -> list:
+    ent = it.get("entropy") or {}
+    return [it["iteration"], it.get("candidates"), it.get("screened"), it.get("labelled"),
+            ((it.get("sun") or {}).get("by_threshold") or {}).get("0.1", {}).get("sun"),
+            (it.get("forcefield") or {}).get("energy_rmse_per_atom"), ent.get("H_after"),
+            (ent.get("delta") or {}).get("mean")]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "–" if v is None else str(v)
+
+
+def _legend_below(*axes) -> None:
+    handles, labels = [], []
+    for a in axes:
+        h, lab = a.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    axes[0].legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+                   frameon=False)
 
 
 def _save(fig, path: Path) -> Path:

@@ -518,7 +518,12 @@ def _describe(x) -> dict:
 
 
 def _ff_quality(scratch, screened, labelled, method, e_hull_dft) -> dict:
-    """FF predictions vs labels for the frames labelled this iteration (pairs by parent id)."""
+    """The screening force field against this iteration's new labels, which it has not seen.
+
+    Pairs each labelled frame with the relaxed candidate it was made from (its primitive cell, the
+    same crystal): energy per atom errors, E_hull errors and matbench-discovery's stability
+    calls of the force field's hull against the labelled hull.
+    """
     from nodestore.chem.metrics import stability_metrics
 
     if not len(labelled):
@@ -531,17 +536,22 @@ def _ff_quality(scratch, screened, labelled, method, e_hull_dft) -> dict:
     if not ok:
         return {}
     si = [idx[j] for j in ok]
+    d = scr["energy"][si] / scr["n_atoms"][si] - lab["energy"][ok] / lab["n_atoms"][ok]
+    d = d[np.isfinite(d)]
+    out = {"n": len(ok), "checkpoint": str(scr["checkpoint"][si[0]]) or None}
+    if len(d):
+        out.update(energy_mae_per_atom=float(np.abs(d).mean()), energy_rmse_per_atom=float(np.sqrt((d ** 2).mean())),
+                   energy_mean_error_per_atom=float(d.mean()))
     # DFT E_hull of the labelled frames from the scratch hull
     ids = scratch.column("frame_id")
     methods = scratch.column("method")
     dft = {f: e for f, m, e in zip(ids, methods, e_hull_dft) if m == method}
     true = np.array([dft.get(lab["frame_id"][j], np.nan) for j in ok])
     pred = scr["e_hull"][si]
-    out = {"n": len(ok)}
     try:
         out["stability"] = stability_metrics(true, pred)
-    except Exception as exc:  # too few points for a classification metric
-        out["stability"] = {"error": str(exc)}
+    except NodestoreError as exc:  # no finite labelled E_hull (no hull of the reference method yet)
+        out["stability"] = {"note": str(exc)}
     return out
 
 

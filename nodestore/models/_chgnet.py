@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,9 @@ class ChgnetForceField(ForceField):
         from pymatgen.io.ase import AseAtomsAdaptor
 
         structures = [AseAtomsAdaptor.get_structure(a) for a in atoms_list]
-        preds = self.model.predict_structure(structures, task="efs", batch_size=len(structures))
+        with warnings.catch_warnings():  # chgnet's own float() of a graph tensor, harmless at inference
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+            preds = self.model.predict_structure(structures, task="efs", batch_size=len(structures))
         if isinstance(preds, dict):
             preds = [preds]
         out = []
