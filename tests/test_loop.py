@@ -67,6 +67,10 @@ def test_tiny_iteration_end_to_end(loop_node):
     assert "H_after" in m["entropy"] and m["entropy"]["H_after"] >= m["entropy"]["H_before"]
     models = node.list_checkpoints()
     assert {m_["kind"] for m_ in models} == {"forcefield", "generator"}
+    # the previous force field scored on the labels it had not seen
+    ff = m["forcefield"]
+    assert ff["n"] == m["labelled"] and ff["energy_rmse_per_atom"] >= 0 and "TP" in ff["stability"]
+    assert LJ in node.config["methods"]  # the iteration's commit records what its method stands for
     t = node.table
     assert (t.column("method") == LJ).sum() == doc["methods"][LJ] and doc["methods"][LJ] > r["committed"][0]["sun"].get("total", 0) - 100
     assert set(t.column("iteration")) >= {0, 1}
@@ -76,6 +80,11 @@ def test_tiny_iteration_end_to_end(loop_node):
     lock = (node.path / "dvc.lock").read_text()
     assert "generate@1" in lock and "curate@1" in lock
     assert node.show()["iterations"] == 2
+    # iteration 2's checkpoints descend from iteration 1's, by id
+    ids = {m_["id"] for m_ in node.list_checkpoints()}
+    current = node.current_models()
+    parents = {m_["id"]: m_["parent_id"] for m_ in node.list_checkpoints()}
+    assert parents[current["forcefield"]] in ids and parents[current["generator"]] in ids
     # the report
     from nodestore.loop.report import write_report
 

@@ -209,9 +209,20 @@ def model(ctx, action, rev, as_json):
     if as_json:
         echo_json(rows)
         return
-    table_print([{"id": r["id"], "kind": r["kind"], "backend": r["backend"], "parent": r["parent"],
-                  "frames": r["training_frames"], "current": ",".join(r["current"]),
-                  **{k: v for k, v in (r["metrics"] or {}).items() if isinstance(v, (int, float))}} for r in rows])
+    table_print([_model_row(r) for r in rows])
+
+
+def _model_row(r: dict) -> dict:
+    """One line per checkpoint; the held-out errors of its fine-tune as before -> after."""
+    m = r["metrics"] or {}
+
+    def change(key):
+        a, b = m.get(f"{key}_before"), m.get(key)
+        return f"{a:.3f} -> {b:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
+
+    return {"id": r["id"], "kind": r["kind"], "backend": r["backend"], "parent": r["parent_id"] or (r["parent"] or "-")[:16],
+            "frames": r["training_frames"], "current": ",".join(r["current"]) or "-",
+            "val E RMSE (eV/atom)": change("val_energy_rmse_per_atom"), "val F RMSE (eV/A)": change("val_force_rmse")}
 
 
 @main.command()

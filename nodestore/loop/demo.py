@@ -11,9 +11,9 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "li-p-s"
 
 #: demo sizes: about 20 minutes on 2 cores with GPAW as the labeller
 DEMO_PARAMS = {
-    "generate": {"n": 24, "max_atoms": 12},
-    "screen": {"fmax": 0.1, "steps": 60, "relax_cell": True},
-    "select": {"n_lowest": 2, "n_diverse": 1, "n_uncertain": 1, "max_atoms": 12},
+    "generate": {"n": 40, "max_atoms": 12},
+    "screen": {"fmax": 0.05, "steps": 100, "relax_cell": True},
+    "select": {"n_lowest": 3, "n_diverse": 2, "n_uncertain": 1, "max_atoms": 12},
     "forcefield": {"backend": "chgnet", "pretrained": "0.3.0",
                    "finetune": {"epochs": 40, "patience": 5, "lr": 0.0001, "max_seconds": 120}},
     "labeller": {"backend": "gpaw", "ecut": 300, "kpt_density": 2.0, "smearing": 0.05, "timeout": 900},

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from nodestore.config import parse_system, system_name
 from nodestore.errors import NodestoreError
 
 from .lock import locked
@@ -118,7 +119,11 @@ def summary(node, table, models_dir) -> dict:
         "labelled": int(labelled.sum()),
         "methods": methods,
         "segments": len(table.segment_ids),
-        "models": read_checkpoints(models_dir),
+        "models": [{"id": r["id"], "kind": r["kind"], "backend": r["backend"],
+                    "architecture": (r["architecture"] or {}).get("name") if isinstance(r["architecture"], dict)
+                    else r["architecture"], "parent": r["parent_id"] or r["parent"],
+                    "training_frames": r["training_frames"], "current": r["current"]}
+                   for r in read_checkpoints(models_dir)],
     }
 
 
@@ -129,9 +134,9 @@ def show(node, rev: str | None = None) -> dict:
     commit = git.resolve(node.git, rev or "HEAD")
     table = node.table_at(rev)
     models_dir = node.models_at(rev)
-    cfg = node.config
+    cfg = node.config if rev is None else _config_at(node, commit)
     out = {
-        "system": node.name,
+        "system": system_name(parse_system(cfg["system"])),
         "node_id": cfg["node_id"],
         "reference_method": cfg["reference_method"],
         "commit": str(commit.id),
@@ -144,6 +149,15 @@ def show(node, rev: str | None = None) -> dict:
     out["sun"] = {str(k): v.get("sun") for k, v in sorted(metrics.items())}
     out["lineage"] = cfg.get("lineage", [])
     return out
+
+
+def _config_at(node, commit) -> dict:
+    import yaml
+
+    from . import git
+
+    blob = git.read_blob(node.git, commit, "node.yaml")
+    return yaml.safe_load(blob) if blob is not None else node.config
 
 
 def _loop_metrics(node, rev) -> dict[int, dict]:

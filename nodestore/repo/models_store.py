@@ -50,11 +50,16 @@ def read_checkpoints(models_dir: Path) -> list[dict]:
                 "kind": m.get("kind", ""),
                 "backend": m.get("backend", ""),
                 "architecture": m.get("architecture", ""),
+                "hash": m.get("hash"),
                 "parent": m.get("parent"),
                 "training_frames": len(m.get("training_frames", []) or []),
                 "metrics": m.get("metrics", {}),
                 "current": kinds,
             })
+    # the parent as the id of its checkpoint in this node, where the node holds it
+    by_hash = {r["hash"]: r["id"] for r in out if r["hash"]}
+    for r in out:
+        r["parent_id"] = by_hash.get(r["parent"])
     return out
 
 
