@@ -28,7 +28,8 @@ def demo(path, iterations, labeller, keep, as_json):
     rows = doc["per_iteration"]
     if rows:
         cols = ["iteration", "candidates", "screened", "labelled", "sun_0.1", "sun_predicted_0.1",
-                "ff_energy_rmse_before", "ff_energy_rmse_after", "H_before", "H_after", "dH_mean"]
+                "ff_prev_on_new_labels_rmse", "ff_energy_rmse_before", "ff_energy_rmse_after",
+                "H_before", "H_after", "dH_mean"]
         table_print(rows, cols)
         click.echo("")
         table_print(rows, ["iteration"] + [c for c in rows[0] if c.startswith("t_")])

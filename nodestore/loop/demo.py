@@ -103,6 +103,7 @@ def summarize(node) -> list[dict]:
         row["sun_0.1"] = ((sun.get("by_threshold") or {}).get("0.1") or {}).get("sun")
         pred = met.get("sun_predicted") or {}
         row["sun_predicted_0.1"] = ((pred.get("by_threshold") or {}).get("0.1") or {}).get("sun")
+        row["ff_prev_on_new_labels_rmse"] = (met.get("forcefield") or {}).get("energy_rmse_per_atom")
         tr = met.get("train") or {}
         row["ff_energy_rmse_before"] = (tr.get("before") or {}).get("energy_rmse_per_atom")
         row["ff_energy_rmse_after"] = (tr.get("after") or {}).get("energy_rmse_per_atom")
