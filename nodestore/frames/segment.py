@@ -67,11 +67,8 @@ def write_segment(directory: Path, batch: FrameBatch, kind: str = "frames", extr
     _write_array(group, "offsets", batch.offsets, FRAME_CHUNK)
     for name, arr in batch.columns.items():
         col = BY_NAME.get(name)
-        per_atom = col is not None and col.per_atom
-        # positions and forces are noisy float64: zstd saves ~5 % on them and costs half the read
-        # time, so they are stored raw; everything else is compressed
-        _write_array(group, name, arr, ATOM_CHUNK if per_atom else FRAME_CHUNK,
-                     compress=not (per_atom and arr.dtype.kind == "f"))
+        chunk = ATOM_CHUNK if (col is not None and col.per_atom) else FRAME_CHUNK
+        _write_array(group, name, arr, chunk)
     fd, tmpzip = tempfile.mkstemp(prefix=".tmp-seg-", suffix=SEGMENT_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -89,12 +86,11 @@ def write_segment(directory: Path, batch: FrameBatch, kind: str = "frames", extr
     return seg_id
 
 
-def _write_array(group, name: str, arr: np.ndarray, chunk: int, compress: bool = True) -> None:
+def _write_array(group, name: str, arr: np.ndarray, chunk: int) -> None:
     n = max(len(arr), 1)
     chunks = (min(chunk, n), *arr.shape[1:])
     dtype = str if arr.dtype == object else arr.dtype
-    kwargs = {} if compress else {"compressors": None}
-    z = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=dtype, **kwargs)
+    z = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=dtype)
     if len(arr):
         z[...] = arr
 
