@@ -90,22 +90,12 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     ax.plot(ks, _nan(vb), "s--", color="tab:blue", alpha=0.6, label="validation split, before fine-tune")
     ax.plot(ks, _nan(va), "s-", color="tab:blue", label="validation split, after fine-tune")
     ax.plot(ks, _nan(after), "^:", color="grey", label="all labelled frames after (training included)")
-    ax.set_xticks(ks)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("energy RMSE (eV/atom)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Energy")
+    _rmse_axes(ax, ks, "energy RMSE (eV/atom)", "Energy")
     fb = [((it.get("train") or {}).get("before") or {}).get("force_rmse") for it in its]
     fa = [((it.get("train") or {}).get("after") or {}).get("force_rmse") for it in its]
     axf.plot(ks, _nan(fb), "s--", color="tab:green", alpha=0.6, label="before fine-tune")
     axf.plot(ks, _nan(fa), "s-", color="tab:green", label="after fine-tune")
-    axf.set_xticks(ks)
-    axf.set_xlabel("iteration")
-    axf.set_ylabel("force RMSE (eV/Å)")
-    axf.set_ylim(bottom=0)
-    axf.set_title("Forces (labelled frames)")
-    ax.legend(fontsize=7, loc="lower left")
-    axf.legend(fontsize=7, loc="lower left")
+    _rmse_axes(axf, ks, "force RMSE (eV/Å)", "Forces (labelled frames)")
     fig.suptitle("Force field against first-principles labels")
     plots.append(_save(fig, out / "learning_curve.png"))
 
@@ -218,6 +208,15 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return "–" if v is None else str(v)
+
+
+def _rmse_axes(ax, ks, ylabel: str, title: str) -> None:
+    ax.set_xticks(ks)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower left")
 
 
 def _legend_below(*axes) -> None:
