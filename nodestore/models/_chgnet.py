@@ -46,7 +46,8 @@ class ChgnetForceField(ForceField):
             from chgnet.model import CHGNet
 
             state = torch.load(_pretrained_file(pretrained), map_location="cpu", weights_only=True)
-            _model = CHGNet.from_dict(state["model"])
+            with _quiet():
+                _model = CHGNet.from_dict(state["model"])
             _architecture = {"name": f"chgnet-{pretrained}",
                              "config": {"model_args": state["model"]["model_args"],
                                         "pretrained": pretrained}}
@@ -105,10 +106,19 @@ class ChgnetForceField(ForceField):
         arch = meta["architecture"]
         if not arch["name"].startswith("chgnet") or "model_args" not in arch["config"]:
             raise BackendError(f"{directory}: architecture {arch['name']!r} is not a CHGNet architecture")
-        model = CHGNet(**arch["config"]["model_args"])
+        with _quiet():
+            model = CHGNet(**arch["config"]["model_args"])
         state = torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise BackendError(f"{directory}: weights do not fit architecture {arch['name']!r}: {exc}") from exc
         return cls(_model=model, _architecture=arch)
+
+
+def _quiet():
+    """CHGNet prints its parameter count on every construction; keep the CLI's output clean."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
