@@ -191,17 +191,26 @@ def entropy_report(table, rows=None, reference_rows=None, **kw) -> dict:
     with ``reference_rows``, also ``"delta"``: dH of the ``rows`` environments
     against those of ``reference_rows`` (mean, max, fraction_new).
     """
-    from .entropy import delta_entropy
     from .entropy import entropy_report as _report
 
     picked = _one_row_per_frame(table, rows)
     images = table.to_atoms(picked) if len(picked) else []
     out = _report(images, **kw).as_dict()
     if reference_rows is not None:
-        ref = _one_row_per_frame(table, reference_rows)
-        ref_images = table.to_atoms(ref) if len(ref) else []
-        out["delta"] = delta_entropy(images, ref_images, **kw).as_dict()
+        out["delta"] = delta_report(table, rows, reference_rows, **{k: v for k, v in kw.items() if k != "diversity"})
     return out
+
+
+def delta_report(table, rows, reference_rows, **kw) -> dict:
+    """dH of the environments of the frames ``rows`` against those of ``reference_rows`` only
+    (mean, max, fraction_new), without the entropy of either set."""
+    from .entropy import delta_entropy
+
+    picked = _one_row_per_frame(table, rows)
+    ref = _one_row_per_frame(table, reference_rows)
+    images = table.to_atoms(picked) if len(picked) else []
+    ref_images = table.to_atoms(ref) if len(ref) else []
+    return delta_entropy(images, ref_images, **kw).as_dict()
 
 
 def sun_counts(table, threshold: float = 0.1, method: str | None = None) -> dict:

@@ -99,8 +99,9 @@ class EntropyReport:
 
 
 def entropy_report(images: Sequence, h: float = BANDWIDTH, k: int = K_NEIGHBOURS, cutoff: float = CUTOFF,
-                   max_environments: int = MAX_ENVIRONMENTS) -> EntropyReport:
-    """H of all environments of ``images``, and H of the environments centred on each element."""
+                   max_environments: int = MAX_ENVIRONMENTS, diversity: bool = True) -> EntropyReport:
+    """H of all environments of ``images``, and H of the environments centred on each element
+    (and QUESTS' diversity unless ``diversity=False``: None then)."""
     from ase.data import chemical_symbols
 
     x, z = descriptors(images, k=k, cutoff=cutoff)
@@ -110,8 +111,8 @@ def entropy_report(images: Sequence, h: float = BANDWIDTH, k: int = K_NEIGHBOURS
         sym = chemical_symbols[int(el)]
         per[sym] = entropy_of(x[sel], h, max_environments)
         counts[sym] = int(sel.sum())
-    return EntropyReport(entropy_of(x, h, max_environments), int(len(x)), diversity_of(x, h, max_environments),
-                         per, counts)
+    div = diversity_of(x, h, max_environments) if diversity else None
+    return EntropyReport(entropy_of(x, h, max_environments), int(len(x)), div, per, counts)
 
 
 @dataclass

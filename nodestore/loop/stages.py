@@ -287,10 +287,9 @@ def select(node, k: int) -> dict:
     if n_unc and rest:
         table = snapshot_table(node, iteration_item(node, k)["prev"])
         ref = table.to_atoms(_sample_rows(len(table), 64))
-        scores = []
-        for r in rest:
-            d = delta_entropy(screened.to_atoms([r]), ref)
-            scores.append(d.as_dict().get("mean", 0.0))
+        # one call: each environment's dH is against the reference alone, so the per-structure
+        # means are those of one call per candidate, with the reference described once
+        scores = list(delta_entropy(screened.to_atoms(rest), ref).per_structure)
         for j in np.argsort(scores)[::-1][:n_unc]:
             chosen.append(rest[int(j)])
             reasons[rest[int(j)]] = "uncertain (highest dH)"
@@ -471,15 +470,14 @@ def curate(node, k: int) -> dict:
             metrics["sun_predicted"] = chem.sun_counts(sub, thr, method=ff_methods[0])
     metrics["sun"] = sun_new
     metrics["e_hull"] = _describe(scratch.column("e_hull")[new_rows])
-    # entropy of the node before and after, and dH of the new frames against the node
-    ent_before = chem.entropy_report(table) if len(table) else {"H": 0.0}
-    ent_after = chem.entropy_report(scratch, reference_rows=np.arange(n_base) if n_base else None,
-                                    rows=None)
+    # H before and after (QUESTS' diversity is not part of the metrics: not computed), then
+    # dH of the new frames alone against the node
+    ent_before = chem.entropy_report(table, diversity=False) if len(table) else {"H": 0.0}
+    ent_after = chem.entropy_report(scratch, diversity=False)
     metrics["entropy"] = {"H_before": ent_before.get("H"), "H_after": ent_after.get("H"),
                           "per_element": ent_after.get("per_element")}
     if n_base:
-        d = chem.entropy_report(scratch, rows=new_rows, reference_rows=np.arange(n_base))
-        metrics["entropy"]["delta"] = d.get("delta")
+        metrics["entropy"]["delta"] = chem.delta_report(scratch, new_rows, np.arange(n_base))
     # force-field quality against the labels: stability calls and errors on the labelled frames
     metrics["forcefield"] = _ff_quality(scratch, screened, labelled, method, e_hull)
     train_path = iter_dir(node, k) / "train.json"
