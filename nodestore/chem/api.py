@@ -184,7 +184,7 @@ def _spacegroups(structures, symprec: float) -> list[int]:
 
 
 # -- entropy and S.U.N. ----------------------------------------------------------
-def entropy_report(table, rows=None, reference_rows=None, **kw) -> dict:
+def entropy_report(table, rows=None, reference_rows=None, diversity: bool = True, **kw) -> dict:
     """Local-environment entropy of the frames ``rows`` (default: all, one row per frame).
 
     Returns ``{"H", "n_atoms", "per_element", "atoms_per_element"}`` (nats);
@@ -195,9 +195,9 @@ def entropy_report(table, rows=None, reference_rows=None, **kw) -> dict:
 
     picked = _one_row_per_frame(table, rows)
     images = table.to_atoms(picked) if len(picked) else []
-    out = _report(images, **kw).as_dict()
+    out = _report(images, diversity=diversity, **kw).as_dict()
     if reference_rows is not None:
-        out["delta"] = delta_report(table, rows, reference_rows, **{k: v for k, v in kw.items() if k != "diversity"})
+        out["delta"] = delta_report(table, rows, reference_rows, **kw)
     return out
 
 
