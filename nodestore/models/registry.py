@@ -146,19 +146,18 @@ DEFAULTS = {"forcefield": "chgnet", "generator": "pyxtal", "labeller": "gpaw", "
 def load_checkpoint(path, kind: str | None = None):
     """Load a force-field or generator checkpoint directory, dispatching on meta.json's backend;
     with ``kind``, a checkpoint of another kind is a BackendError."""
-    wanted = kind
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise BackendError(f"{path}: not a checkpoint directory (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
-        kind, backend = meta["kind"], meta["backend"]
+        found, backend = meta["kind"], meta["backend"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise BackendError(f"{meta_path}: unreadable checkpoint metadata: {exc}") from exc
-    if kind not in ("forcefield", "generator"):
-        raise BackendError(f"{meta_path}: checkpoints of kind {kind!r} are not loadable")
-    if wanted is not None and kind != wanted:
-        raise BackendError(f"{path}: a {kind} checkpoint, not a {wanted} checkpoint")
-    cls = registry(kind).get(backend)
+    if found not in ("forcefield", "generator"):
+        raise BackendError(f"{meta_path}: checkpoints of kind {found!r} are not loadable")
+    if kind is not None and found != kind:
+        raise BackendError(f"{path}: a {found} checkpoint, not a {kind} checkpoint")
+    cls = registry(found).get(backend)
     return cls.load(path)

@@ -134,7 +134,7 @@ def show(node, rev: str | None = None) -> dict:
     commit = git.resolve(node.git, rev or "HEAD")
     table = node.table_at(rev)
     models_dir = node.models_at(rev)
-    cfg = node.config if rev is None else _config_at(node, commit)
+    cfg = node.config if rev is None else node.config_at(commit)
     out = {
         "system": system_name(parse_system(cfg["system"])),
         "node_id": cfg["node_id"],
@@ -149,15 +149,6 @@ def show(node, rev: str | None = None) -> dict:
     out["sun"] = {str(k): v.get("sun") for k, v in sorted(metrics.items())}
     out["lineage"] = cfg.get("lineage", [])
     return out
-
-
-def _config_at(node, commit) -> dict:
-    import yaml
-
-    from . import git
-
-    blob = git.read_blob(node.git, commit, "node.yaml")
-    return yaml.safe_load(blob) if blob is not None else node.config
 
 
 def _loop_metrics(node, rev) -> dict[int, dict]:

@@ -97,14 +97,11 @@ def merge(node, rev: str, prefer: str | None = None, allow_extend: bool = False,
 
 
 def _check_schema(node, theirs) -> None:
-    import yaml
-
     from . import git
 
-    blob = git.read_blob(node.git, theirs, "node.yaml")
-    if blob is None:
+    other = node.config_at(theirs)
+    if not other:
         raise SchemaError("the other side has no node.yaml: not a nodestore node")
-    other = yaml.safe_load(blob)
     mine = node.config
     if other.get("schema_version") != mine["schema_version"]:
         raise SchemaError(
@@ -116,19 +113,11 @@ def _check_schema(node, theirs) -> None:
         raise SchemaError("the other side records no structure table")
 
 
-def _other_config(node, commit) -> dict:
-    import yaml
-
-    from . import git
-
-    return yaml.safe_load(git.read_blob(node.git, commit, "node.yaml"))
-
-
 def _plan(node, ours, theirs, base_oid, rev, prefer, allow_extend) -> Plan:
     from nodestore.config import parse_system
 
     plan = Plan()
-    mine_cfg, their_cfg = node.config, _other_config(node, theirs)
+    mine_cfg, their_cfg = node.config, node.config_at(theirs)
     mine_sys, their_sys = set(node.system), set(parse_system(their_cfg["system"]))
     if not their_sys <= mine_sys:
         if not (mine_sys < their_sys or allow_extend):
@@ -326,7 +315,7 @@ def _apply(node, plan: Plan, ours, theirs, rev: str, message: str | None) -> dic
             cfg["methods"] = plan.methods
         cfg["lineage"] = [*cfg.get("lineage", []), {
             "event": "merge", "date": now(), "source": rev, "parent_commit": str(theirs.id),
-            "parent_node": _other_config(node, theirs).get("node_id", ""),
+            "parent_node": node.config_at(theirs).get("node_id", ""),
         }]
         write_yaml(node.path / "node.yaml", cfg, "node")
         record = {

@@ -28,8 +28,12 @@ def differences(recorded: dict, info: dict) -> list[str]:
 
 def check_method(node, info: dict) -> None:
     """Refuse a labeller whose settings differ from those recorded under its method name."""
+    _check(node.config, info)
+
+
+def _check(cfg: dict, info: dict) -> None:
     name = info["name"]
-    recorded = (node.config.get("methods") or {}).get(name)
+    recorded = (cfg.get("methods") or {}).get(name)
     if recorded is None:
         return
     diff = differences(recorded, info)
@@ -47,8 +51,8 @@ def record_method(node, info: dict) -> bool:
 
     from .node import NODE_YAML
 
-    check_method(node, info)
     cfg = node.config
+    _check(cfg, info)
     methods = dict(cfg.get("methods") or {})
     entry = dict(methods.get(info["name"]) or settings_of(info))
     versions = set(entry.get("versions") or [])

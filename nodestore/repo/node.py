@@ -52,6 +52,15 @@ class Node:
     def config(self) -> dict:
         return read_yaml(self.path / NODE_YAML, "node")
 
+    def config_at(self, commit) -> dict:
+        """node.yaml as ``commit`` recorded it (not validated: it may be another version's)."""
+        import yaml
+
+        from . import git
+
+        blob = git.read_blob(self.git, commit, NODE_YAML)
+        return yaml.safe_load(blob) if blob is not None else {}
+
     @property
     def params(self) -> dict:
         return read_yaml(self.path / PARAMS_YAML, "params")
