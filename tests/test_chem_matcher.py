@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from nodestore.chem.matcher import Matcher, exhaustive_dedup, successive_minima
+from nodestore.chem.matcher import Matcher, exhaustive_dedup, primitive_unchanged, successive_minima
 from nodestore.chem.synthetic import lips_set, perturbed, strained
 
 
@@ -92,6 +92,33 @@ def test_site_count_bucket_is_the_matchers_own():
     pa, pb = m.prepare([a, b])
     assert pa.n_sites == 1 and pb.n_sites == 2
     assert m.sm.fit(a, b) == (pa.n_sites == pb.n_sites)
+
+
+def test_primitive_shortcut_agrees_with_pymatgen(structures):
+    """Where the matcher skips pymatgen's primitive-cell search, the search finds nothing;
+    and the matcher's reduction equals StructureMatcher's own, site for site."""
+    from ase.build import bulk
+    from pymatgen.analysis.structure_matcher import SiteOrderedIStructure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    centred = [AseAtomsAdaptor.get_structure(bulk("Li", "bcc", a=3.51, cubic=True)),
+               AseAtomsAdaptor.get_structure(bulk("Li", "bcc", a=3.51, cubic=True) * (2, 1, 1))]
+    m = Matcher()
+    skipped = 0
+    for s in list(structures) + centred:
+        nig = SiteOrderedIStructure.from_sites(s).get_reduced_structure(reduction_algo="niggli")
+        prim = nig.get_primitive_structure()
+        if primitive_unchanged(nig):
+            skipped += 1
+            assert len(prim) == len(nig)
+            assert np.array_equal(prim.lattice.matrix, nig.lattice.matrix)
+        ours, theirs = m._reduce(s), m.sm._get_reduced_structure(s, True, True)
+        assert np.array_equal(ours.lattice.matrix, theirs.lattice.matrix)
+        assert np.array_equal(ours.frac_coords, theirs.frac_coords)
+        assert [str(x) for x in ours.species] == [str(x) for x in theirs.species]
+    assert skipped > len(structures) // 2
+    nig = [SiteOrderedIStructure.from_sites(s).get_reduced_structure(reduction_algo="niggli") for s in centred]
+    assert not any(primitive_unchanged(x) for x in nig)
 
 
 def test_successive_minima_exact():

@@ -45,10 +45,12 @@ from nodestore.errors import ValidationError
 #: StructureMatcher settings the verdicts follow
 MATCH_PARAMS = dict(ltol=0.2, stol=0.3, angle_tol=5.0, primitive_cell=True, scale=True,
                     attempt_supercell=False)
-#: relative slack on the lattice bound, far above float rounding
+#: relative slack on every tolerance, far above float rounding
 _SLACK = 1e-6
-#: enumeration box beyond which successive minima are not computed (bound skipped)
-_MAX_BOX = 8
+#: most lattice mappings kept for the site test (more: the pair goes to pymatgen)
+_MAX_MAPS = 512
+#: species label -> small int, shared by every Prepared of this process
+_SPECIES: dict[str, int] = {}
 
 
 def as_structure(obj):
@@ -73,31 +75,59 @@ def successive_minima(matrix: np.ndarray) -> np.ndarray:
     enumerated (``|n_i| <= R * |column i of M^-1|``).  Returns zeros (a bound
     that rejects nothing) if the box would be unreasonably large.
     """
-    m = np.asarray(matrix, dtype=float)
-    radius = np.linalg.norm(m, axis=1).max() * (1 + 1e-9)
-    inv = np.linalg.inv(m)
-    box = np.floor(radius * np.linalg.norm(inv, axis=0) + 1e-9).astype(int)
-    if box.max() > _MAX_BOX:
-        return np.zeros(3)
-    grids = np.meshgrid(*[np.arange(-b, b + 1) for b in box], indexing="ij")
-    coeffs = np.stack([g.ravel() for g in grids], axis=1)
-    vecs = coeffs @ m
-    norms = np.linalg.norm(vecs, axis=1)
-    order = np.argsort(norms, kind="stable")
-    picked: list[np.ndarray] = []
-    minima = []
-    for idx in order:
-        if norms[idx] < 1e-12:
-            continue
-        trial = np.array([*picked, vecs[idx]])
-        if np.linalg.matrix_rank(trial, tol=1e-8 * norms[idx]) == len(trial):
-            picked.append(vecs[idx])
-            minima.append(norms[idx])
-            if len(minima) == 3:
-                break
-    if len(minima) < 3:  # cannot happen for a full-rank lattice; stay conservative
-        return np.zeros(3)
-    return np.array(minima)
+    from nodestore.chem import _kernels
+
+    return _kernels.successive_minima(np.ascontiguousarray(matrix, dtype=float))
+
+
+def primitive_unchanged(structure, tolerance: float = 0.25) -> bool:
+    """True only if ``structure.get_primitive_structure(tolerance)`` is sure to return a
+    copy of ``structure``: then the matcher's reduction can skip pymatgen's search.
+
+    pymatgen looks for a smaller cell among sublattices of index ``2..num_fu``
+    (``num_fu``: gcd of the species counts).  Each needs every row ``r`` of its
+    inverse supercell matrix -- one of them with a component at least ``1/num_fu``
+    away from an integer -- within ``ftol = tolerance / abc`` of a translation ``v``
+    that maps every species group onto itself within ``2 ftol`` (its ``min_vecs``).
+    If every such ``v`` (found here with slack, so a superset) is within ``2 ftol``
+    of a lattice vector and ``3 ftol < 1/num_fu``, no row can qualify and no smaller
+    cell is possible.  ``num_fu == 1`` leaves nothing to try at all.  Anything else
+    returns False, and pymatgen does the search.
+    """
+    from functools import reduce
+    from math import gcd
+
+    labels = [site.species_string for site in structure]
+    groups: dict[str, list[int]] = {}
+    for i in sorted(range(len(labels)), key=labels.__getitem__):
+        groups.setdefault(labels[i], []).append(i)
+    num_fu = reduce(gcd, (len(g) for g in groups.values()))
+    if num_fu == 1:
+        return True
+    ftol = tolerance / np.asarray(structure.lattice.abc)
+    if np.any(3 * ftol * (1 + _SLACK) >= 1 / num_fu):
+        return False
+    tol2 = 2 * ftol * (1 + _SLACK)
+    fc = np.asarray(structure.frac_coords)
+    grouped = [fc[g] for g in groups.values()]
+    smallest = min(grouped, key=len)
+    vecs = smallest - smallest[0]
+    alive = np.ones(len(vecs), dtype=bool)
+    for g in grouped:  # v survives if it maps each site of g close to some site of g
+        d = vecs[:, None, None, :] - (g[None, :, :] - g[:, None, :])[None]  # (v, site, other, 3)
+        d -= np.round(d)
+        alive &= np.all(np.abs(d) <= tol2, axis=-1).any(axis=2).all(axis=1)
+        if not alive.any():
+            break
+    v = vecs[alive] - np.round(vecs[alive])
+    return bool(np.all(np.abs(v) <= tol2))
+
+
+def _angles(m: np.ndarray) -> np.ndarray:
+    """alpha, beta, gamma (degrees) of the cell with row vectors ``m``."""
+    u = m / np.linalg.norm(m, axis=1)[:, None]
+    cos = np.clip([u[1] @ u[2], u[0] @ u[2], u[0] @ u[1]], -1, 1)
+    return np.degrees(np.arccos(cos))
 
 
 @dataclass
@@ -113,25 +143,9 @@ class Prepared:
     lengths: np.ndarray  # sorted cell lengths of the reduced cell at unit volume
     unit: np.ndarray = None  # reduced cell (rows) scaled to unit volume
     frac: np.ndarray = None  # fractional coordinates of the reduced structure
-    species: np.ndarray = None  # species label of each site (the comparator's notion)
-    _short: tuple = None  # cached (coeffs, vectors, norms) of short lattice vectors
-    _radius: float = 0.0
-
-    def short_vectors(self, radius: float):
-        """All lattice vectors of the unit-volume cell with norm <= radius (complete)."""
-        if self._short is None or radius > self._radius:
-            r = max(radius, 1.25 * self._radius)
-            m = self.unit
-            inv = np.linalg.inv(m)
-            box = np.floor(r * np.linalg.norm(inv, axis=0) + 1e-9).astype(int)
-            grids = np.meshgrid(*[np.arange(-b, b + 1) for b in box], indexing="ij")
-            coeffs = np.stack([g.ravel() for g in grids], axis=1)
-            vecs = coeffs @ m
-            norms = np.linalg.norm(vecs, axis=1)
-            keep = (norms <= r) & (norms > 1e-12)
-            self._short = (coeffs[keep], vecs[keep], norms[keep])
-            self._radius = r
-        return self._short
+    species: np.ndarray = None  # species code of each site (the comparator's notion)
+    cell_lengths: np.ndarray = None  # a, b, c of ``unit`` (cell order)
+    cell_angles: np.ndarray = None  # alpha, beta, gamma of ``unit`` (degrees)
 
     @property
     def fingerprint(self) -> str:
@@ -148,9 +162,31 @@ class Prepared:
 @dataclass
 class MatchStats:
     pairs_in_buckets: int = 0  # pairs that shared formula and site count
-    pairs_prefiltered: int = 0  # of those, rejected by the lattice bound
+    pairs_prefiltered: int = 0  # of those, rejected by a lattice test (bound or mapping)
     fits: int = 0  # calls to StructureMatcher
     extra: dict = field(default_factory=dict)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.extra[key] = self.extra.get(key, 0) + n
+
+
+class _Bucket:
+    """The comparable members of one (formula, site count) key, with their cells
+    packed for the compiled lattice test."""
+
+    def __init__(self):
+        self.members: list[int] = []
+        self.units = np.empty((8, 3, 3))
+        self.minima = np.empty((8, 3))
+
+    def add(self, i: int, p: Prepared) -> None:
+        n = len(self.members)
+        if n == len(self.units):
+            self.units = np.concatenate([self.units, np.empty_like(self.units)])
+            self.minima = np.concatenate([self.minima, np.empty_like(self.minima)])
+        self.units[n] = p.unit
+        self.minima[n] = p.minima
+        self.members.append(i)
 
 
 class Matcher:
@@ -167,161 +203,99 @@ class Matcher:
         self.params = dict(MATCH_PARAMS, ltol=ltol, stol=stol, angle_tol=angle_tol)
         self.sm = StructureMatcher(**self.params)
         self.ltol = ltol
+        self._t = (1 + ltol) * (1 + _SLACK)
+        self._atol = angle_tol + 1e-6
         self.stats = MatchStats()
 
     # -- preparation -----------------------------------------------------
+    def _reduce(self, s):
+        """``StructureMatcher._get_reduced_structure(s, primitive_cell, niggli=True)``,
+        the same steps without its LRU cache (each structure is reduced once here)."""
+        from pymatgen.analysis.structure_matcher import SiteOrderedIStructure
+        from pymatgen.core import Structure
+
+        reduced = SiteOrderedIStructure.from_sites(s).get_reduced_structure(reduction_algo="niggli")
+        if self.params["primitive_cell"] and not primitive_unchanged(reduced):
+            reduced = reduced.get_primitive_structure()
+        return Structure.from_sites(reduced)
+
     def prepare(self, structures: Sequence) -> list[Prepared]:
         """Reduce each structure once, exactly as the matcher would, and take its invariants."""
-        from pymatgen.core import Structure
+        from nodestore.chem import _kernels
 
         out = []
         for obj in structures:
             if isinstance(obj, Prepared):
                 out.append(obj)
                 continue
-            s = Structure.from_sites(as_structure(obj))
-            red = self.sm._get_reduced_structure(s, self.params["primitive_cell"], niggli=True)
+            red = self._reduce(as_structure(obj))
             comp = red.composition
-            m = red.lattice.matrix / red.volume ** (1 / 3)
+            lat = red.lattice.matrix
+            m = np.ascontiguousarray(lat / abs(np.linalg.det(lat)) ** (1 / 3))
+            cell_lengths = np.linalg.norm(m, axis=1)
+            codes = np.array([_SPECIES.setdefault(str(sp), len(_SPECIES)) for sp in red.species_and_occu],
+                             dtype=np.int64)
             out.append(Prepared(
                 reduced=red,
                 formula=self.sm._comparator.get_hash(comp),
                 reduced_formula=comp.reduced_formula,
                 anonymous=comp.anonymized_formula,
                 n_sites=len(red),
-                minima=successive_minima(m),
-                lengths=np.sort(np.linalg.norm(m, axis=1)),
+                minima=_kernels.successive_minima(m),
+                lengths=np.sort(cell_lengths),
                 unit=m,
-                frac=np.array(red.frac_coords),
-                species=np.array([str(sp) for sp in red.species_and_occu], dtype=object),
+                frac=np.ascontiguousarray(red.frac_coords, dtype=float),
+                species=codes,
+                cell_lengths=cell_lengths,
+                cell_angles=_angles(m),
             ))
         return out
 
     def fingerprints(self, structures: Sequence) -> list[str]:
         return [p.fingerprint for p in self.prepare(structures)]
 
-    # -- the pair test -----------------------------------------------------
+    # -- the pair tests ----------------------------------------------------
     def _may_match(self, ref_minima: np.ndarray, cand_lengths: np.ndarray) -> np.ndarray:
         """Lattice bound for fit(ref, cand) over many refs at once (True: must call fit)."""
-        bound = (1 + self.ltol) * (1 + _SLACK) * cand_lengths
-        return np.all(ref_minima <= bound[None, :], axis=1)
+        return np.all(ref_minima <= self._t * cand_lengths[None, :], axis=1)
 
-    def _lattice_triples(self, ref: Prepared, cand: Prepared) -> np.ndarray:
-        """Integer matrices ``C`` (rows: bases of ``ref``'s lattice) with the lengths and
+    def _lattice_triples(self, ref: Prepared, cand: Prepared) -> np.ndarray | None:
+        """Integer matrices ``F`` (rows: bases of ``ref``'s lattice) with the lengths and
         angles of ``cand``'s cell, as ``Lattice.find_all_mappings`` + the unimodular test of
-        ``_get_lattices`` would find them -- a superset, thanks to a small slack."""
-        t = (1 + self.ltol) * (1 + _SLACK)
-        m = cand.unit
-        lengths = np.linalg.norm(m, axis=1)
-        coeffs, vecs, norms = ref.short_vectors(lengths.max() * t)
-        sets = []
-        for ln in lengths:
-            sel = (norms < ln * t) & (norms > ln / t)
-            if not sel.any():
-                return np.zeros((0, 3, 3))
-            sets.append((coeffs[sel], vecs[sel] / norms[sel, None]))
-        u = m / lengths[:, None]
-        cos_alpha, cos_beta, cos_gamma = u[1] @ u[2], u[0] @ u[2], u[0] @ u[1]
-        atol = self.params["angle_tol"] + 1e-6
+        ``_get_lattices`` would find them -- a superset, thanks to a small slack.  None if
+        there are more than ``_MAX_MAPS`` (then the pair is not judged here)."""
+        from nodestore.chem import _kernels
 
-        def close(ua, ub, cos_target):
-            ang = np.degrees(np.arccos(np.clip(ua @ ub.T, -1, 1)))
-            return np.abs(ang - np.degrees(np.arccos(np.clip(cos_target, -1, 1)))) <= atol
-
-        (fa, ua), (fb, ub), (fc, uc) = sets
-        g_ab = close(ua, ub, cos_gamma)
-        if not g_ab.any():
-            return np.zeros((0, 3, 3))
-        b_ac = close(ua, uc, cos_beta)
-        a_bc = close(ub, uc, cos_alpha)
-        found = []
-        for i, j in np.argwhere(g_ab):
-            ks = np.nonzero(b_ac[i] & a_bc[j])[0]
-            if len(ks):
-                mats = np.empty((len(ks), 3, 3))
-                mats[:, 0] = fa[i]
-                mats[:, 1] = fb[j]
-                mats[:, 2] = fc[ks]
-                good = np.abs(np.abs(np.linalg.det(mats)) - 1) < 0.5
-                if good.any():
-                    found.append(mats[good])
-        return np.concatenate(found) if found else np.zeros((0, 3, 3))
-
-    def _lattice_maps(self, ref: Prepared, cand: Prepared) -> bool:
-        return len(self._lattice_triples(ref, cand)) > 0
+        out = np.empty((_MAX_MAPS, 3, 3), dtype=np.int64)
+        n = _kernels.lattice_maps(ref.unit, cand.cell_lengths, cand.cell_angles, self._t, self._atol, False, out)
+        return None if n < 0 else out[:n]
 
     def _sites_may_match(self, ref: Prepared, cand: Prepared, mats: np.ndarray) -> bool:
         """The site test of ``_strict_match`` (``_cmp_fstruct``: every site of ``cand``
         within the fractional tolerance of a same-species site of ``ref``, for one of the
         translations pymatgen tries), over all lattice mappings at once, with slack."""
-        n = cand.n_sites
-        mask = cand.species[:, None] != ref.species[None, :]  # (n2, n1): True where species differ
-        i0 = int(np.argmax(mask.sum(axis=1)))
-        ks = np.nonzero(~mask[i0])[0]
-        f2 = cand.frac
-        stol = self.params["stol"]
-        # parameters of the mapped lattices and of cand (unit volume), then their average
-        basis = mats @ ref.unit  # (M, 3, 3)
-        la = np.linalg.norm(basis, axis=2)
-        ub = basis / la[:, :, None]
-        ang = np.degrees(np.arccos(np.clip(np.stack([
-            np.einsum("mi,mi->m", ub[:, 1], ub[:, 2]),
-            np.einsum("mi,mi->m", ub[:, 0], ub[:, 2]),
-            np.einsum("mi,mi->m", ub[:, 0], ub[:, 1])], axis=1), -1, 1)))
-        lc = np.linalg.norm(cand.unit, axis=1)
-        uc = cand.unit / lc[:, None]
-        angc = np.degrees(np.arccos(np.clip([uc[1] @ uc[2], uc[0] @ uc[2], uc[0] @ uc[1]], -1, 1)))
-        L = (la + lc) / 2
-        cosang = np.cos(np.radians((ang + angc) / 2))  # alpha, beta, gamma
-        G = np.empty((len(mats), 3, 3))
-        G[:, 0, 0], G[:, 1, 1], G[:, 2, 2] = L[:, 0] ** 2, L[:, 1] ** 2, L[:, 2] ** 2
-        G[:, 0, 1] = G[:, 1, 0] = L[:, 0] * L[:, 1] * cosang[:, 2]
-        G[:, 0, 2] = G[:, 2, 0] = L[:, 0] * L[:, 2] * cosang[:, 1]
-        G[:, 1, 2] = G[:, 2, 1] = L[:, 1] * L[:, 2] * cosang[:, 0]
-        det = np.linalg.det(G)
-        ok_lat = det > 0
-        if not ok_lat.any():
-            return True  # degenerate average lattice: do not judge, let pymatgen do it
-        vol = np.sqrt(np.where(ok_lat, det, 1.0))
-        recip = 2 * np.pi * np.sqrt(np.abs(np.diagonal(np.linalg.inv(np.where(ok_lat[:, None, None], G, np.eye(3))),
-                                                       axis1=1, axis2=2)))
-        norm = (n / vol) ** (1 / 3)
-        tol = recip * stol / (np.pi * norm[:, None]) * (1 + 1e-6) + 1e-9  # (M, 3)
-        s1fc = ref.frac @ np.linalg.inv(mats)  # (M, n1, 3)
-        s1fc -= np.floor(s1fc)
-        if not ok_lat.all():
-            return True  # degenerate average lattice somewhere: do not judge, let pymatgen do it
-        # first the sites of the rarest species alone (a necessary condition), then all sites
-        # for the (mapping, translation) pairs that survive
-        sub2 = np.nonzero(cand.species == cand.species[i0])[0]
-        tr = s1fc[:, ks, :] - f2[i0]  # (M, T, 3)
-        d = f2[sub2][None, None, :, None, :] + tr[:, :, None, None, :] - s1fc[:, None, None, ks, :]
-        d -= np.round(d)
-        close = np.all(np.abs(d) <= tol[:, None, None, None, :], axis=-1)  # (M, T, n_sub, T)
-        alive = np.argwhere(np.all(np.any(close, axis=-1), axis=-1))  # (K, 2): mapping, translation
-        if len(alive) == 0:
-            return False
-        if len(sub2) == n:
-            return True
-        chunk = max(1, int(2_000_000 // max(1, n * n * 3)))
-        for start in range(0, len(alive), chunk):
-            mi, ti = alive[start:start + chunk].T
-            a = s1fc[mi]  # (k, n1, 3)
-            dd = f2[None, :, None, :] + tr[mi, ti][:, None, None, :] - a[:, None, :, :]
-            dd -= np.round(dd)
-            ok = np.all(np.abs(dd) <= tol[mi][:, None, None, :], axis=-1) & ~mask[None]
-            if np.any(np.all(np.any(ok, axis=-1), axis=-1)):
-                return True
-        return False
+        from nodestore.chem import _kernels
+
+        return bool(_kernels.sites_may_match(ref.unit, ref.frac, ref.species, cand.unit, cand.frac,
+                                             cand.species, mats, self.params["stol"]))
+
+    def _candidates(self, bucket: _Bucket, cand: Prepared) -> np.ndarray:
+        """Positions in ``bucket`` whose lattice may map onto ``cand``'s (bound + mapping)."""
+        from nodestore.chem import _kernels
+
+        n = len(bucket.members)
+        ok = _kernels.may_map_many(bucket.units[:n], bucket.minima[:n], cand.cell_lengths, cand.lengths,
+                                   cand.cell_angles, self._t, self._atol)
+        self.stats.pairs_in_buckets += n
+        self.stats.pairs_prefiltered += int(n - ok.sum())
+        return np.nonzero(ok)[0]
 
     def _fit(self, ref: Prepared, cand: Prepared, anonymous: bool) -> bool:
-        mats = self._lattice_triples(ref, cand)
-        if not len(mats):
-            self.stats.extra["no_lattice_map"] = self.stats.extra.get("no_lattice_map", 0) + 1
-            return False
-        if not anonymous and not self._sites_may_match(ref, cand, mats):
-            self.stats.extra["no_site_map"] = self.stats.extra.get("no_site_map", 0) + 1
-            return False
+        if not anonymous:
+            mats = self._lattice_triples(ref, cand)
+            if mats is not None and not self._sites_may_match(ref, cand, mats):
+                self.stats.count("no_site_map")
+                return False
         self.stats.fits += 1
         if anonymous:
             return bool(self.sm.fit_anonymous(ref.reduced, cand.reduced, skip_structure_reduction=True))
@@ -341,21 +315,17 @@ class Matcher:
             raise ValidationError(f"against must be 'representatives' or 'all', not {against!r}")
         preps = self.prepare(structures)
         result = np.full(len(preps), -1, dtype=np.int64)
-        buckets: dict = defaultdict(lambda: ([], []))  # key -> (indices, minima rows)
+        buckets: dict = defaultdict(_Bucket)
         for j, p in enumerate(preps):
-            idx, mins = buckets[self._key(p, anonymous)]
-            if idx:
-                self.stats.pairs_in_buckets += len(idx)
-                ok = self._may_match(np.asarray(mins), p.lengths)
-                self.stats.pairs_prefiltered += int((~ok).sum())
-                for pos in np.nonzero(ok)[0]:
-                    i = idx[pos]
+            bucket = buckets[self._key(p, anonymous)]
+            if bucket.members:
+                for pos in self._candidates(bucket, p):
+                    i = bucket.members[pos]
                     if self._fit(preps[i], p, anonymous):
                         result[j] = i
                         break
             if result[j] < 0 or against == "all":
-                idx.append(j)
-                mins.append(p.minima)
+                bucket.add(j, p)
         return result
 
     def match(self, candidates: Sequence, references: Sequence, anonymous: bool = False) -> np.ndarray:
@@ -363,22 +333,18 @@ class Matcher:
         (``fit(reference, candidate)``), or -1."""
         cands = self.prepare(candidates)
         refs = self.prepare(references)
-        buckets: dict = defaultdict(list)
+        buckets: dict = defaultdict(_Bucket)
         for r, p in enumerate(refs):
-            buckets[self._key(p, anonymous)].append(r)
-        mins = {k: np.array([refs[r].minima for r in v]) for k, v in buckets.items()}
+            buckets[self._key(p, anonymous)].add(r, p)
         result = np.full(len(cands), -1, dtype=np.int64)
         for j, p in enumerate(cands):
-            key = self._key(p, anonymous)
-            idx = buckets.get(key)
-            if not idx:
+            bucket = buckets.get(self._key(p, anonymous))
+            if bucket is None:
                 continue
-            self.stats.pairs_in_buckets += len(idx)
-            ok = self._may_match(mins[key], p.lengths)
-            self.stats.pairs_prefiltered += int((~ok).sum())
-            for pos in np.nonzero(ok)[0]:
-                if self._fit(refs[idx[pos]], p, anonymous):
-                    result[j] = idx[pos]
+            for pos in self._candidates(bucket, p):
+                r = bucket.members[pos]
+                if self._fit(refs[r], p, anonymous):
+                    result[j] = r
                     break
         return result
 
