@@ -3,12 +3,16 @@
     OMP_NUM_THREADS=1 python bench/matcher.py            # N = 500, 2000 (both), 20000 (ours only)
     OMP_NUM_THREADS=1 python bench/matcher.py --quick    # N = 200, 500
 
-The set for each N: pyxtal crystals of 8 Li–P–S compositions (<= 24 atoms),
-~10 % of them perturbed copies (0.02 Å), plus the shipped reference phases
-and 10 real PBE AIMD frames of Li27P12S44 with 0.02 Å copies, shuffled.  At
-N = 20000 pyxtal alone would take ~10 min, so 2000 pyxtal crystals are
-reused as parents of strongly strained / displaced variants (distinct
-structures by construction) plus the 10 % perturbed copies.
+    OMP_NUM_THREADS=1 python bench/matcher.py --variants # stress set of near misses
+
+The set for each N: random pyxtal crystals of 8 Li-P-S compositions (<= 24
+atoms), 10 % 0.02 Å-perturbed copies of earlier items (true duplicates), plus
+the shipped reference phases and 10 real PBE AIMD frames of Li27P12S44,
+shuffled.  The crystals are generated once, in parallel, and cached in
+1,000-crystal chunks (pyxtal makes ~3-4 of these crystals per second per core:
+the first N = 20000 run spends most of an hour on them; later runs read the
+cache).  ``--variants`` replaces every crystal beyond the first 2,000 by a
+strained (0.6-1.6 per axis) and displaced (0.5-1.5 Å) version of one of them.
 
 "exhaustive" is ``StructureMatcher.group_structures`` (every structure
 reduced once, every structure fitted against every earlier group
@@ -35,18 +39,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 
-def _cached_crystals(n: int, seed: int, cache: Path) -> list:
-    from pymatgen.core import Structure
+#: pyxtal crystals are generated and cached in chunks of this size (one process each)
+CHUNK = 1000
 
+
+def _chunk_path(cache: Path, seed: int, c: int) -> Path:
+    return cache / f"pyxtal-lips-chunk{CHUNK}-{seed}-{c}.json"
+
+
+def _make_chunk(args) -> str:
     from nodestore.chem.synthetic import random_crystals
 
-    path = cache / f"pyxtal-lips-{n}-{seed}.json"
-    if path.exists():
-        return [Structure.from_dict(d) for d in json.loads(path.read_text())]
-    out = random_crystals(n, seed=seed)
+    cache, seed, c = args
+    path = _chunk_path(cache, seed, c)
+    out = random_crystals(CHUNK, seed=seed * 100_003 + c)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([x.as_dict() for x in out]))
+    tmp.replace(path)
+    return str(path)
+
+
+def _cached_crystals(n: int, seed: int, cache: Path) -> list:
+    """The first ``n`` pyxtal crystals of the (seeded) sequence, generated once in
+    1,000-crystal chunks, in parallel over the cores, and cached as JSON."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pymatgen.core import Structure
+
     cache.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([s.as_dict() for s in out]))
-    return out
+    chunks = range((n + CHUNK - 1) // CHUNK)
+    missing = [(cache, seed, c) for c in chunks if not _chunk_path(cache, seed, c).exists()]
+    if missing:
+        t0 = time.perf_counter()
+        print(f"generating {len(missing) * CHUNK} pyxtal crystals (cached in {cache})...", file=sys.stderr, flush=True)
+        with ProcessPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1)) as pool:
+            list(pool.map(_make_chunk, missing))
+        print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    out = []
+    for c in chunks:
+        out.extend(Structure.from_dict(d) for d in json.loads(_chunk_path(cache, seed, c).read_text()))
+    return out[:n]
 
 
 def _real_structures() -> list:
@@ -66,39 +98,56 @@ def _real_structures() -> list:
     return out
 
 
-def build_set(n: int, seed: int, cache: Path) -> list:
+def build_set(n: int, seed: int, cache: Path, variants: bool = False) -> list:
+    """``n`` structures: pyxtal crystals, 10 % of them 0.02 Å-perturbed copies of
+    earlier items, and the real reference phases and AIMD frames, shuffled.
+
+    With ``variants``, at most 2,000 distinct pyxtal crystals are used and the rest
+    are strained (0.6-1.6 per axis) and displaced (0.5-1.5 Å) versions of them: a
+    stress test full of near misses, harder for any prefilter than random crystals.
+    """
     from nodestore.chem.synthetic import perturbed, strained
 
     rng = np.random.default_rng(seed)
     real = _real_structures()
     n_copies = int(round(0.1 * n))
     n_base = n - n_copies - len(real)
-    n_pyxtal = min(n_base, 2000)
-    base = _cached_crystals(n_pyxtal, seed, cache)
-    variants = []
-    while len(base) + len(variants) < n_base:  # only for N > ~2200
+    base = _cached_crystals(min(n_base, 2000) if variants else n_base, seed, cache)
+    extra = []
+    while len(base) + len(extra) < n_base:
         parent = base[int(rng.integers(len(base)))]
-        f = rng.uniform(0.6, 1.6, 3)
-        v = strained(parent, f)
-        variants.append(perturbed(v, float(rng.uniform(0.5, 1.5)), rng))
-    items = base + variants + real
+        extra.append(perturbed(strained(parent, rng.uniform(0.6, 1.6, 3)), float(rng.uniform(0.5, 1.5)), rng))
+    items = base + extra + real
     for _ in range(n_copies):
         items.append(perturbed(items[int(rng.integers(len(items)))], 0.02, rng))
     order = rng.permutation(len(items))
     return [items[i] for i in order]
 
 
-def run(n: int, exhaustive: bool, seed: int, cache: Path) -> dict:
+def warm_up() -> float:
+    """Load (or, on a fresh install, compile) the matcher's numba kernels; seconds taken."""
+    from nodestore.chem.hull import reference_structures
+    from nodestore.chem.matcher import Matcher
+
+    t0 = time.perf_counter()
+    refs = reference_structures()
+    Matcher().dedup(refs + refs)
+    return time.perf_counter() - t0
+
+
+def run(n: int, exhaustive: bool, seed: int, cache: Path, variants: bool = False) -> dict:
     from nodestore.chem.matcher import Matcher, exhaustive_dedup
 
-    structs = build_set(n, seed, cache)
+    structs = build_set(n, seed, cache, variants)
     m = Matcher()
     t0 = time.perf_counter()
     ours = m.dedup(structs)
     t_ours = time.perf_counter() - t0
+    st = m.stats
     row = {"N": n, "ours_s": round(t_ours, 2), "duplicates": int((ours >= 0).sum()),
-           "pairs_in_buckets": m.stats.pairs_in_buckets, "lattice_bound_rejects": m.stats.pairs_prefiltered,
-           "lattice_map_rejects": m.stats.extra.get("no_lattice_map", 0), "fits": m.stats.fits}
+           "pairs_in_buckets": st.pairs_in_buckets, "lattice_rejects": st.pairs_prefiltered,
+           "site_rejects": st.extra.get("no_site_map", 0), "fits": st.fits,
+           "fits_false": st.extra.get("fit_false", 0)}
     if exhaustive:
         t0 = time.perf_counter()
         ref = exhaustive_dedup(structs)
@@ -111,16 +160,26 @@ def run(n: int, exhaustive: bool, seed: int, cache: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="N = 200 and 500 only (< 3 min)")
+    ap.add_argument("--variants", action="store_true",
+                    help="stress set: beyond 2,000 crystals, strained and displaced variants of them")
+    ap.add_argument("--sizes", type=int, nargs="+", help="custom N values (exhaustive run up to 2,000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "nodestore-bench",
                     help="where generated pyxtal sets are cached (JSON)")
     args = ap.parse_args(argv)
     if os.environ.get("OMP_NUM_THREADS") is None:
         print("note: set OMP_NUM_THREADS=1 for stable timings", file=sys.stderr)
-    plan = [(200, True), (500, True)] if args.quick else [(500, True), (2000, True), (20000, False)]
-    for n, ex in plan:
-        row = run(n, ex, args.seed, args.cache)
+    sizes = args.sizes or ([200, 500] if args.quick else [500, 2000, 20000])
+    print(f"kernels loaded in {warm_up():.2f} s (compiled on first use, then cached)", flush=True)
+    rows = []
+    for n in sizes:
+        row = run(n, n <= 2000, args.seed, args.cache, args.variants)
+        rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    for a, b in zip(rows, rows[1:]):
+        k = np.log(b["ours_s"] / a["ours_s"]) / np.log(b["N"] / a["N"])
+        print(f"growth N={a['N']}->{b['N']}: time x{b['ours_s'] / a['ours_s']:.1f} for N x{b['N'] / a['N']:.0f}"
+              f" (t ~ N^{k:.2f})", flush=True)
     return 0
 
 

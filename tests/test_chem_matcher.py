@@ -159,3 +159,23 @@ def test_fingerprint_is_a_string_column():
     fps = Matcher().fingerprints(reference_structures())
     assert all(isinstance(f, str) and f.count("|") == 2 for f in fps)
     assert fps[-1].startswith("Li2S|3|")
+
+
+def test_cartesian_site_test_rejects_what_fit_rejects():
+    """One atom moved well beyond stol: the compiled site tests say no, and so does fit;
+    a 0.02 A perturbation passes both."""
+    from nodestore.chem.hull import reference_structures
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    ref = {a.info["name"]: AseAtomsAdaptor.get_structure(a) for a in reference_structures()}
+    s = ref["Li3PS4_gamma"]
+    moved = s.copy()
+    moved.translate_sites([0], [1.2, 0.0, 0.0], frac_coords=False)
+    near = perturbed(s, 0.02, np.random.default_rng(2))
+    m = Matcher()
+    pa, pm, pn = m.prepare([s, moved, near])
+    for other, expected in ((pm, False), (pn, True)):
+        mats = m._lattice_triples(pa, other)
+        assert len(mats)  # the lattices map: only the sites decide
+        assert bool(m.sm.fit(pa.reduced, other.reduced, skip_structure_reduction=True)) is expected
+        assert m._sites_may_match(pa, other, mats) is expected

@@ -192,12 +192,13 @@ def may_map_many(refs, ref_minima, clen, csorted, cang, t, atol):
 
 
 @nb.njit(cache=True)
-def sites_may_match(ref, rfrac, rspec, cand, cfrac, cspec, mats, stol):
-    """The site step of ``_strict_match`` (``_cmp_fstruct``: with one of the translations
-    pymatgen tries, every site of ``cand`` lies within the fractional tolerance of a
-    same-species site of ``ref``), for every lattice mapping in ``mats``, with slack.
-    The fractional tolerance is pymatgen's: from the lattice whose parameters average
-    the mapped ``ref`` cell and ``cand``'s cell."""
+def sites_may_match(ref, rfrac, rspec, cand, cfrac, cspec, mats, stol, cart):
+    """The site steps of ``_strict_match`` for every lattice mapping in ``mats``, with
+    slack: ``_cmp_fstruct`` (with one of the translations pymatgen tries, every site of
+    ``cand`` lies within the fractional tolerance of a same-species site of ``ref``),
+    then, with ``cart``, the necessary condition of ``_cart_dists`` that
+    :func:`cart_feasible` decides.  The tolerances are pymatgen's: from the lattice
+    whose parameters average the mapped ``ref`` cell and ``cand``'s cell."""
     n1 = rfrac.shape[0]
     n2 = cfrac.shape[0]
     # anchor: the first cand site with the most ref sites of another species (as _get_mask)
@@ -276,5 +277,173 @@ def sites_may_match(ref, rfrac, rspec, cand, cfrac, cspec, mats, stol):
                     all_ok = False
                     break
             if all_ok:
+                if not cart:
+                    return True
+                # pymatgen now measures Cartesian distances in the average lattice
+                A = np.linalg.cholesky(G)  # rows: a lattice with metric G
+                r = stol / norm * (1 + 1e-6) + 1e-9
+                if cart_feasible(s1, rspec, cfrac, cspec, A, r, i0):
+                    return True
+                break  # the Cartesian test does not depend on the translation
+    return False
+
+
+@nb.njit(cache=True)
+def _cell(zs, starts, t, reach, out):
+    """For the translations of a cell centred at ``t``: the largest distance from ``t``
+    to a site's nearest candidate (returned), and, if every site has exactly one
+    candidate within ``reach`` of ``t``, their mean (``out[:3]``) and the largest
+    distance from it (``out[3]``); else ``out[3] = -1``."""
+    worst = 0.0
+    single = True
+    out[0] = out[1] = out[2] = 0.0
+    nsite = starts.shape[0] - 1
+    for i in range(nsite):
+        best = np.inf
+        near = 0
+        pick = -1
+        for q in range(starts[i], starts[i + 1]):
+            d = (zs[q, 0] - t[0]) ** 2 + (zs[q, 1] - t[1]) ** 2 + (zs[q, 2] - t[2]) ** 2
+            if d < best:
+                best = d
+            if d < reach * reach:
+                near += 1
+                pick = q
+        if best > worst:
+            worst = best
+        if near != 1:
+            single = False
+        elif single:
+            out[0] += zs[pick, 0]
+            out[1] += zs[pick, 1]
+            out[2] += zs[pick, 2]
+    out[3] = -1.0
+    if single:
+        out[0] /= nsite
+        out[1] /= nsite
+        out[2] /= nsite
+        dev = 0.0
+        for i in range(nsite):
+            for q in range(starts[i], starts[i + 1]):
+                d = (zs[q, 0] - t[0]) ** 2 + (zs[q, 1] - t[1]) ** 2 + (zs[q, 2] - t[2]) ** 2
+                if d < reach * reach:
+                    e = (zs[q, 0] - out[0]) ** 2 + (zs[q, 1] - out[1]) ** 2 + (zs[q, 2] - out[2]) ** 2
+                    if e > dev:
+                        dev = e
+        out[3] = np.sqrt(dev)
+    return np.sqrt(worst)
+
+
+#: cells examined per anchor before the Cartesian test gives up (and says "may match")
+_MAX_CELLS = 20000
+#: subdivision depth of the translation search (cell half-width r / 2**depth)
+_MAX_DEPTH = 7
+
+
+@nb.njit(cache=True)
+def cart_feasible(s1, rspec, s2, cspec, A, r, i0):
+    """Necessary condition of ``_cart_dists`` accepting.  pymatgen takes one displacement
+    ``d_i`` per site of ``s2`` (an image vector to a same-species site of ``s1``; metric
+    of the rows ``A``) and accepts if every ``|d_i - t| < r`` with ``t`` their mean.  So
+    some translation ``t`` has, for every site, a candidate ``d_i`` within ``r``, and is
+    the mean of the chosen ones.
+
+    Fixing site ``i0``'s partner fixes ``t`` within ``r`` of that displacement ``c`` (and
+    every ``d_i`` within ``2r`` of ``c``).  Cubes of translations around ``c`` are then
+    split until each is decided: no site may lack a candidate within reach of the cube
+    (the distance is 1-Lipschitz in ``t``), and where every site has exactly one
+    candidate in reach the choice is forced, so its mean must lie in the cube and be
+    within ``r`` of all of them.  A cube still open at the depth or cell budget counts
+    as "may match" (True).
+    """
+    n1 = s1.shape[0]
+    n2 = s2.shape[0]
+    ainv = _inv3(A)
+    w = np.empty(3)
+    for j in range(3):
+        w[j] = 2 * r * np.sqrt(ainv[0, j] ** 2 + ainv[1, j] ** 2 + ainv[2, j] ** 2) + 1e-9
+    cap = 64 * n2 + 64
+    zs = np.empty((cap, 3))
+    starts = np.zeros(n2 + 1, np.int64)
+    df = np.empty(3)
+    stack = np.empty((8 * _MAX_DEPTH + 16, 4))
+    info = np.empty(4)
+    sq3 = np.sqrt(3.0)
+    for k0 in range(n1):
+        if rspec[k0] != cspec[i0]:
+            continue
+        # anchor displacement (fractional), then every site's candidates near it
+        c = np.empty(3)
+        for x in range(3):
+            c[x] = s1[k0, x] - s2[i0, x]
+        q = 0
+        empty = False
+        overflow = False
+        for i in range(n2):
+            starts[i] = q
+            for k in range(n1):
+                if rspec[k] != cspec[i]:
+                    continue
+                for x in range(3):
+                    df[x] = s1[k, x] - s2[i, x] - c[x]
+                lo0 = int(np.ceil(-df[0] - w[0]))
+                hi0 = int(np.floor(-df[0] + w[0]))
+                lo1 = int(np.ceil(-df[1] - w[1]))
+                hi1 = int(np.floor(-df[1] + w[1]))
+                lo2 = int(np.ceil(-df[2] - w[2]))
+                hi2 = int(np.floor(-df[2] + w[2]))
+                for a in range(lo0, hi0 + 1):
+                    for b in range(lo1, hi1 + 1):
+                        for g in range(lo2, hi2 + 1):
+                            f0, f1, f2 = df[0] + a, df[1] + b, df[2] + g
+                            z0 = f0 * A[0, 0] + f1 * A[1, 0] + f2 * A[2, 0]
+                            z1 = f0 * A[0, 1] + f1 * A[1, 1] + f2 * A[2, 1]
+                            z2 = f0 * A[0, 2] + f1 * A[1, 2] + f2 * A[2, 2]
+                            if z0 * z0 + z1 * z1 + z2 * z2 < 4 * r * r:
+                                if q >= cap:
+                                    overflow = True
+                                else:
+                                    zs[q, 0], zs[q, 1], zs[q, 2] = z0, z1, z2
+                                    q += 1
+            if q == starts[i]:
+                empty = True
+                break
+        if overflow:
+            return True
+        if empty:
+            continue
+        starts[n2] = q
+        # depth-first over cubes of translations t (relative to the anchor), |t| < r
+        stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = 0.0, 0.0, 0.0, r
+        top = 1
+        seen = 0
+        while top > 0:
+            top -= 1
+            t = stack[top, :3].copy()
+            h = stack[top, 3]
+            seen += 1
+            if seen > _MAX_CELLS:
                 return True
+            rho = h * sq3 * (1 + 1e-9)
+            f = _cell(zs[:q], starts, t, r + rho, info)
+            if f >= r + rho:
+                continue  # some site has no candidate within r of any t in this cube
+            if info[3] >= 0:  # the choice is forced: its mean must be a solution in the cube
+                inside = (abs(info[0] - t[0]) <= h * (1 + 1e-9) + 1e-12
+                          and abs(info[1] - t[1]) <= h * (1 + 1e-9) + 1e-12
+                          and abs(info[2] - t[2]) <= h * (1 + 1e-9) + 1e-12)
+                if inside and info[3] < r:
+                    return True
+                continue
+            if h < r / 2 ** _MAX_DEPTH:
+                return True
+            h2 = h / 2
+            for sx in (-1.0, 1.0):
+                for sy in (-1.0, 1.0):
+                    for sz in (-1.0, 1.0):
+                        stack[top, 0] = t[0] + sx * h2
+                        stack[top, 1] = t[1] + sy * h2
+                        stack[top, 2] = t[2] + sz * h2
+                        stack[top, 3] = h2
+                        top += 1
     return False

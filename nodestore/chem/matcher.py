@@ -2,7 +2,7 @@
 
 The verdict of every pair is pymatgen's ``StructureMatcher.fit`` (ltol 0.2,
 stol 0.3, angle_tol 5, primitive_cell, scale, no supercells).  What is new is
-*which* pairs reach it.  A pair is only handed to ``fit`` when it passes three
+*which* pairs reach it.  A pair is only handed to ``fit`` when it passes six
 tests, each of which ``fit`` itself implies, so none can reject a true match:
 
 1. **Same formula hash** (reduced formula; anonymized formula for substitution
@@ -20,6 +20,24 @@ tests, each of which ``fit`` itself implies, so none can reject a true match:
    ``(1 + ltol)`` times the k-th smallest cell length of ``b`` (lengths taken at
    unit volume per cell).  Successive minima are computed exactly, by a
    complete enumeration of short lattice vectors.
+4. **A lattice mapping.**  The bases of ``a``'s lattice that
+   ``Lattice.find_all_mappings`` and ``_get_lattices`` would accept (lengths
+   within ``ltol``, angles within ``angle_tol`` of ``b``'s cell, unimodular),
+   enumerated completely.  None: ``fit`` is False.
+5. **Sites, fractional.**  For each such basis, ``_cmp_fstruct`` with the
+   translations ``_strict_match`` tries and its tolerance from the averaged
+   lattice.
+6. **Sites, Cartesian.**  ``_cart_dists`` accepts only if the displacements of
+   the assigned sites, minus their mean, are all shorter than
+   ``stol * (V/n)^(1/3)``: so some rigid translation must bring every site of
+   ``b`` that close to a same-species site of ``a``.  A branch-and-bound over
+   translations proves when none exists (undecided counts as "may match").
+
+Tests 3-6 are compiled (:mod:`nodestore.chem._kernels`) and run for a candidate
+against its whole bucket at once; only pairs that pass all of them reach
+``fit``, which alone can say "match".  Each structure is reduced once, by the
+matcher's own steps (Niggli, then ``get_primitive_structure``); the primitive
+search is skipped only where :func:`primitive_unchanged` proves it finds nothing.
 
 Space group, volume per atom or a spglib primitive cell are *not* invariant
 under the tolerances and are never used to reject a pair.
@@ -277,7 +295,7 @@ class Matcher:
         from nodestore.chem import _kernels
 
         return bool(_kernels.sites_may_match(ref.unit, ref.frac, ref.species, cand.unit, cand.frac,
-                                             cand.species, mats, self.params["stol"]))
+                                             cand.species, mats, self.params["stol"], True))
 
     def _candidates(self, bucket: _Bucket, cand: Prepared) -> np.ndarray:
         """Positions in ``bucket`` whose lattice may map onto ``cand``'s (bound + mapping)."""
@@ -298,8 +316,12 @@ class Matcher:
                 return False
         self.stats.fits += 1
         if anonymous:
-            return bool(self.sm.fit_anonymous(ref.reduced, cand.reduced, skip_structure_reduction=True))
-        return bool(self.sm.fit(ref.reduced, cand.reduced, skip_structure_reduction=True))
+            ok = self.sm.fit_anonymous(ref.reduced, cand.reduced, skip_structure_reduction=True)
+        else:
+            ok = self.sm.fit(ref.reduced, cand.reduced, skip_structure_reduction=True)
+        if not ok:
+            self.stats.count("fit_false")
+        return bool(ok)
 
     @staticmethod
     def _key(p: Prepared, anonymous: bool):
