@@ -106,6 +106,23 @@ def test_entropy_report(table):
     assert 0 < rep["delta"]["fraction_new"] < 1
 
 
+def test_entropy_cache_is_keyed_by_the_set_of_configurations(table, tmp_path, monkeypatch):
+    from nodestore.chem import entropy
+
+    rows = np.nonzero(table.column("origin") == "generated")[0]
+    fresh = api.entropy_report(table, rows=rows, diversity=False)
+    cached = api.entropy_report(table, rows=rows, diversity=False, cache=tmp_path)
+    assert cached == fresh and len(list(tmp_path.glob("entropy-*.json"))) == 1
+    calls = []
+    real = entropy.entropy_report
+    monkeypatch.setattr(entropy, "entropy_report", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = api.entropy_report(table, rows=rows[::-1], diversity=False, cache=tmp_path)  # same set
+    assert again == fresh and not calls
+    other = api.entropy_report(table, rows=rows[1:], diversity=False, cache=tmp_path)
+    assert calls and other["n_atoms"] < fresh["n_atoms"]
+    assert len(list(tmp_path.glob("entropy-*.json"))) == 2
+
+
 def test_query(table):
     q = api.query
     novelty = table.column("novelty")

@@ -8,7 +8,9 @@ arrays or dicts; none writes.  Writers (the loop, the CLI) store results with
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -184,8 +186,12 @@ def _spacegroups(structures, symprec: float) -> list[int]:
 
 
 # -- entropy and S.U.N. ----------------------------------------------------------
-def entropy_report(table, rows=None, reference_rows=None, diversity: bool = True, **kw) -> dict:
+def entropy_report(table, rows=None, reference_rows=None, diversity: bool = True, cache=None, **kw) -> dict:
     """Local-environment entropy of the frames ``rows`` (default: all, one row per frame).
+
+    With ``cache`` (a folder), the result is kept there under a key of the frame ids and
+    the parameters, and reused when the same set of configurations comes again (a loop
+    iteration's "after" is the next one's "before").
 
     Returns ``{"H", "n_atoms", "per_element", "atoms_per_element"}`` (nats);
     with ``reference_rows``, also ``"delta"``: dH of the ``rows`` environments
@@ -194,8 +200,30 @@ def entropy_report(table, rows=None, reference_rows=None, diversity: bool = True
     from .entropy import entropy_report as _report
 
     picked = _one_row_per_frame(table, rows)
+    # canonical order (by frame id): H depends only on the set of configurations, and a
+    # cached value keyed by that set is then exactly what a fresh computation would give
+    ids = table.column("frame_id")[picked] if len(picked) else np.zeros(0, dtype=object)
+    order = np.argsort(ids.astype(str), kind="stable")
+    picked, ids = picked[order], ids[order]
+    path = None
+    if cache is not None:
+        import hashlib
+
+        key = hashlib.sha256(json.dumps([list(map(str, ids)), bool(diversity), sorted(kw.items())],
+                                        default=str).encode()).hexdigest()[:32]
+        path = Path(cache) / f"entropy-{key}.json"
+        if path.exists():
+            out = json.loads(path.read_text())
+            if reference_rows is not None:
+                out["delta"] = delta_report(table, rows, reference_rows, **kw)
+            return out
     images = table.to_atoms(picked) if len(picked) else []
     out = _report(images, diversity=diversity, **kw).as_dict()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out))
+        tmp.replace(path)
     if reference_rows is not None:
         out["delta"] = delta_report(table, rows, reference_rows, **kw)
     return out

@@ -195,7 +195,7 @@ def _match(node) -> dict:
 def entropy_node(node, rev: str | None = None) -> dict:
     from nodestore.chem.api import entropy_report
 
-    return entropy_report(node.table_at(rev))
+    return entropy_report(node.table_at(rev), cache=node.state_dir / "cache")
 
 
 def label_references(node, message: str | None = None) -> dict:

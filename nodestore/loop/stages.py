@@ -472,8 +472,9 @@ def curate(node, k: int) -> dict:
     metrics["e_hull"] = _describe(scratch.column("e_hull")[new_rows])
     # H before and after (QUESTS' diversity is not part of the metrics: not computed), then
     # dH of the new frames alone against the node
-    ent_before = chem.entropy_report(table, diversity=False) if len(table) else {"H": 0.0}
-    ent_after = chem.entropy_report(scratch, diversity=False)
+    cache = node.state_dir / "cache"
+    ent_before = chem.entropy_report(table, diversity=False, cache=cache) if len(table) else {"H": 0.0}
+    ent_after = chem.entropy_report(scratch, diversity=False, cache=cache)
     metrics["entropy"] = {"H_before": ent_before.get("H"), "H_after": ent_after.get("H"),
                           "per_element": ent_after.get("per_element")}
     if n_base:
