@@ -80,6 +80,18 @@ def test_tiny_iteration_end_to_end(loop_node):
     lock = (node.path / "dvc.lock").read_text()
     assert "generate@1" in lock and "curate@1" in lock
     assert node.show()["iterations"] == 2
+    # iteration 2's H before is iteration 1's H after, read back from the node's entropy cache
+    m2 = json.loads((node.path / "loop/iter-2/metrics.json").read_text())
+    assert m2["entropy"]["H_before"] == m["entropy"]["H_after"]
+    assert len(list((node.state_dir / "cache").glob("entropy-*.json"))) == 3
+    # the hull with decomposition products, through the CLI
+    p = ns(node, "hull", "--decomposition", "--json")
+    hull = json.loads(p.communicate()[0])
+    assert p.returncode == 0 and hull["method"] == LJ
+    for phase in hull["phases"]:
+        dec = phase["decomposition"]
+        assert abs(sum(dec.values()) - 1) < 1e-9 and set(dec) <= set(hull["stable"])
+        assert (list(dec) == [phase["formula"]]) == (phase["formula"] in hull["stable"] and phase["e_hull"] == 0)
     # iteration 2's checkpoints descend from iteration 1's, by id
     ids = {m_["id"] for m_ in node.list_checkpoints()}
     current = node.current_models()

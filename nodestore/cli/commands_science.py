@@ -40,19 +40,25 @@ def demo(path, iterations, labeller, keep, as_json):
 @main.command()
 @click.option("--method", default=None, help="Energy method of the hull (default: the node's reference method).")
 @click.option("--plot", type=click.Path(), default=None, help="Write a picture of the hull.")
+@click.option("--decomposition", is_flag=True, help="Also the hull phases each formula decomposes into.")
 @REV_OPTION
 @JSON_OPTION
 @click.pass_context
-def hull(ctx, method, plot, rev, as_json):
+def hull(ctx, method, plot, decomposition, rev, as_json):
     """Convex hull of one energy method: stable phases and E_hull per formula."""
     from nodestore.loop.actions import hull_report
 
-    r = hull_report(open_node(ctx), method=method, rev=rev, plot=plot)
+    r = hull_report(open_node(ctx), method=method, rev=rev, plot=plot, decomposition=decomposition)
     if as_json:
         echo_json(r)
         return
     click.echo(f"hull of {r['method']}: stable {', '.join(r['stable'])}")
-    table_print(r["phases"], ["formula", "e_hull", "e_form", "frame_id"])
+    cols = ["formula", "e_hull", "e_form", "frame_id"]
+    if decomposition:
+        for p in r["phases"]:
+            p["decomposition"] = " + ".join(f"{x:.3g} {f}" for f, x in p["decomposition"].items())
+        cols.append("decomposition")
+    table_print(r["phases"], cols)
 
 
 @main.command()

@@ -128,12 +128,15 @@ def _ff_references(node, ff, method: str, fmax: float, steps: int) -> list[tuple
     return [(d["formula"], d["energy"], method) for d in items]
 
 
-def hull_report(node, method: str | None = None, rev: str | None = None, plot: str | None = None) -> dict:
+def hull_report(node, method: str | None = None, rev: str | None = None, plot: str | None = None,
+                decomposition: bool = False) -> dict:
+    """Stable phases of one method's hull and the lowest E_hull per formula; with
+    ``decomposition``, what each phase above the hull decomposes into (fractions of atoms)."""
     from nodestore.chem.api import hull_for_table
 
     table = node.table_at(rev)
     method = method or node.config["reference_method"]
-    diagram, e_hull, e_form = hull_for_table(table, method)
+    diagram, e_hull, e_form, *dec = hull_for_table(table, method, decomposition=decomposition)
     if plot:
         from nodestore.chem.hull import plot_hull
 
@@ -146,6 +149,8 @@ def hull_report(node, method: str | None = None, rev: str | None = None, plot: s
         f = formula[r]
         if f not in best or e_hull[r] < best[f]["e_hull"]:
             best[f] = {"formula": f, "frame_id": ids[r], "e_hull": float(e_hull[r]), "e_form": float(e_form[r])}
+            if decomposition:
+                best[f]["decomposition"] = dict(sorted(dec[0][r].items(), key=lambda kv: -kv[1]))
     stable = sorted(e.composition.reduced_formula for e in diagram.stable_entries)
     return {"method": method, "stable": stable, "phases": sorted(best.values(), key=lambda d: (d["e_hull"], d["formula"]))}
 
