@@ -192,13 +192,14 @@ def may_map_many(refs, ref_minima, clen, csorted, cang, t, atol):
 
 
 @nb.njit(cache=True)
-def sites_may_match(ref, rfrac, rspec, cand, cfrac, cspec, mats, stol, cart):
+def sites_may_match(ref, rfrac, rspec, clen, cang, cfrac, cspec, mats, stol, cart):
     """The site steps of ``_strict_match`` for every lattice mapping in ``mats``, with
     slack: ``_cmp_fstruct`` (with one of the translations pymatgen tries, every site of
     ``cand`` lies within the fractional tolerance of a same-species site of ``ref``),
     then, with ``cart``, the necessary condition of ``_cart_dists`` that
     :func:`cart_feasible` decides.  The tolerances are pymatgen's: from the lattice
-    whose parameters average the mapped ``ref`` cell and ``cand``'s cell."""
+    whose parameters average the mapped ``ref`` cell and ``cand``'s cell (lengths
+    ``clen``, angles ``cang`` in degrees; fractional coordinates ``cfrac``)."""
     n1 = rfrac.shape[0]
     n2 = cfrac.shape[0]
     # anchor: the first cand site with the most ref sites of another species (as _get_mask)
@@ -212,13 +213,6 @@ def sites_may_match(ref, rfrac, rspec, cand, cfrac, cspec, mats, stol, cart):
         if diff > best:
             best = diff
             i0 = j
-    clen = np.empty(3)
-    for x in range(3):
-        clen[x] = np.sqrt(cand[x, 0] ** 2 + cand[x, 1] ** 2 + cand[x, 2] ** 2)
-    cu = np.empty((3, 3))
-    for x in range(3):
-        cu[x] = cand[x] / clen[x]
-    cang = np.array([_angle(cu[1], cu[2]), _angle(cu[0], cu[2]), _angle(cu[0], cu[1])])
     basis = np.empty((3, 3))
     fm = np.empty((3, 3))
     s1 = np.empty((n1, 3))

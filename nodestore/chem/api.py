@@ -202,28 +202,26 @@ def entropy_report(table, rows=None, reference_rows=None, diversity: bool = True
     picked = _one_row_per_frame(table, rows)
     # canonical order (by frame id): H depends only on the set of configurations, and a
     # cached value keyed by that set is then exactly what a fresh computation would give
-    ids = table.column("frame_id")[picked] if len(picked) else np.zeros(0, dtype=object)
-    order = np.argsort(ids.astype(str), kind="stable")
+    ids = table.column("frame_id")[picked].astype(str)
+    order = np.argsort(ids, kind="stable")
     picked, ids = picked[order], ids[order]
-    path = None
+    path = out = None
     if cache is not None:
         import hashlib
 
-        key = hashlib.sha256(json.dumps([list(map(str, ids)), bool(diversity), sorted(kw.items())],
+        key = hashlib.sha256(json.dumps([ids.tolist(), bool(diversity), sorted(kw.items())],
                                         default=str).encode()).hexdigest()[:32]
         path = Path(cache) / f"entropy-{key}.json"
         if path.exists():
             out = json.loads(path.read_text())
-            if reference_rows is not None:
-                out["delta"] = delta_report(table, rows, reference_rows, **kw)
-            return out
-    images = table.to_atoms(picked) if len(picked) else []
-    out = _report(images, diversity=diversity, **kw).as_dict()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out))
-        tmp.replace(path)
+    if out is None:
+        images = table.to_atoms(picked) if len(picked) else []
+        out = _report(images, diversity=diversity, **kw).as_dict()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out))
+            tmp.replace(path)
     if reference_rows is not None:
         out["delta"] = delta_report(table, rows, reference_rows, **kw)
     return out

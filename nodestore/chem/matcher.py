@@ -141,13 +141,6 @@ def primitive_unchanged(structure, tolerance: float = 0.25) -> bool:
     return bool(np.all(np.abs(v) <= tol2))
 
 
-def _angles(m: np.ndarray) -> np.ndarray:
-    """alpha, beta, gamma (degrees) of the cell with row vectors ``m``."""
-    u = m / np.linalg.norm(m, axis=1)[:, None]
-    cos = np.clip([u[1] @ u[2], u[0] @ u[2], u[0] @ u[1]], -1, 1)
-    return np.degrees(np.arccos(cos))
-
-
 @dataclass
 class Prepared:
     """One structure as the matcher sees it: reduced once, with its invariants."""
@@ -265,7 +258,7 @@ class Matcher:
                 frac=np.ascontiguousarray(red.frac_coords, dtype=float),
                 species=codes,
                 cell_lengths=cell_lengths,
-                cell_angles=_angles(m),
+                cell_angles=np.array(red.lattice.angles),
             ))
         return out
 
@@ -273,10 +266,6 @@ class Matcher:
         return [p.fingerprint for p in self.prepare(structures)]
 
     # -- the pair tests ----------------------------------------------------
-    def _may_match(self, ref_minima: np.ndarray, cand_lengths: np.ndarray) -> np.ndarray:
-        """Lattice bound for fit(ref, cand) over many refs at once (True: must call fit)."""
-        return np.all(ref_minima <= self._t * cand_lengths[None, :], axis=1)
-
     def _lattice_triples(self, ref: Prepared, cand: Prepared) -> np.ndarray | None:
         """Integer matrices ``F`` (rows: bases of ``ref``'s lattice) with the lengths and
         angles of ``cand``'s cell, as ``Lattice.find_all_mappings`` + the unimodular test of
@@ -294,8 +283,8 @@ class Matcher:
         translations pymatgen tries), over all lattice mappings at once, with slack."""
         from nodestore.chem import _kernels
 
-        return bool(_kernels.sites_may_match(ref.unit, ref.frac, ref.species, cand.unit, cand.frac,
-                                             cand.species, mats, self.params["stol"], True))
+        return bool(_kernels.sites_may_match(ref.unit, ref.frac, ref.species, cand.cell_lengths, cand.cell_angles,
+                                             cand.frac, cand.species, mats, self.params["stol"], True))
 
     def _candidates(self, bucket: _Bucket, cand: Prepared) -> np.ndarray:
         """Positions in ``bucket`` whose lattice may map onto ``cand``'s (bound + mapping)."""

@@ -19,7 +19,7 @@ def extend(node, elements, to, message: str | None = None):
     """Make the node for ``system ∪ elements`` at ``to``; return it."""
     from . import git
     from .init import now
-    from .node import MODELS_DIR, TABLE_DIR
+    from .node import MODELS_DIR, NODE_YAML, TABLE_DIR
 
     added = parse_system(elements)
     already = sorted(set(added) & set(node.system))
@@ -54,7 +54,7 @@ def extend(node, elements, to, message: str | None = None):
     if cfg.get("methods"):  # the carried labels keep what their method names stand for
         new_cfg = new.config
         new_cfg["methods"] = cfg["methods"]
-        write_yaml(new.path / "node.yaml", new_cfg, "node")
+        write_yaml(new.path / NODE_YAML, new_cfg, "node")
     src_models, dst_models = node.path / MODELS_DIR, new.path / MODELS_DIR
     shutil.rmtree(dst_models)
     shutil.copytree(src_models, dst_models)
