@@ -71,6 +71,13 @@ def test_tiny_iteration_end_to_end(loop_node):
     ff = m["forcefield"]
     assert ff["n"] == m["labelled"] and ff["energy_rmse_per_atom"] >= 0 and "TP" in ff["stability"]
     assert LJ in node.config["methods"]  # the iteration's commit records what its method stands for
+    # the force field was put on the labeller's energy scale before screening, and trained on it
+    train = json.loads((node.path / "loop/iter-1/train.json").read_text())
+    assert train["finetune"]["method"] == LJ and train["finetune"]["reference_fit"]["determined"]
+    cur = json.loads((node.path / "models" / node.current_models()["forcefield"] / "meta.json").read_text())
+    assert cur["reference_energies"]["method"] == LJ
+    screened = json.loads((node.path / "loop/iter-1/screened/screen.json").read_text())
+    assert screened["method"].endswith("~" + LJ)
     t = node.table
     assert (t.column("method") == LJ).sum() == doc["methods"][LJ] and doc["methods"][LJ] > r["committed"][0]["sun"].get("total", 0) - 100
     assert set(t.column("iteration")) >= {0, 1}

@@ -213,16 +213,25 @@ def model(ctx, action, rev, as_json):
 
 
 def _model_row(r: dict) -> dict:
-    """One line per checkpoint; the held-out errors of its fine-tune as before -> after."""
+    """One line per checkpoint; the held-out errors of its fine-tune as before -> references fit -> after."""
     m = r["metrics"] or {}
 
-    def change(key):
-        a, b = m.get(f"{key}_before"), m.get(key)
-        return f"{a:.3f} -> {b:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
+    def num(x, scale, fmt):
+        return format(x * scale, fmt) if isinstance(x, (int, float)) else None
+
+    def change(key, scale, fmt):
+        steps = [num(m.get(f"{key}_before"), scale, fmt), num(m.get(f"{key}_refs"), scale, fmt),
+                 num(m.get(key), scale, fmt)]
+        if steps[1] == steps[0]:
+            steps[1] = None  # no reference fit in between
+        steps = [x for x in steps if x is not None]
+        return " -> ".join(steps) if len(steps) > 1 else "-"
 
     return {"id": r["id"], "kind": r["kind"], "backend": r["backend"], "parent": r["parent_id"] or (r["parent"] or "-")[:16],
             "frames": r["training_frames"], "current": ",".join(r["current"]) or "-",
-            "val E RMSE (eV/atom)": change("val_energy_rmse_per_atom"), "val F RMSE (eV/A)": change("val_force_rmse")}
+            "energy scale": r.get("energy_method") or "-",
+            "val E RMSE (meV/atom)": change("val_energy_rmse_per_atom", 1000.0, ".1f"),
+            "val F RMSE (eV/A)": change("val_force_rmse", 1.0, ".3f")}
 
 
 @main.command()

@@ -175,6 +175,44 @@ def label(ctx, files, labeller, no_primitive, origin, message, as_json):
 
 
 @main.command()
+@click.option("--method", default=None, help="Energy method of the frames (default: the node's reference method).")
+@click.option("--backend", default=None, help="Start from a fresh pretrained model of this backend "
+              "(sevenn, chgnet, orb, ...) instead of the current force field.")
+@click.option("--val-fraction", type=float, default=None, help="Fraction of the frames held out (default 0.2).")
+@click.option("--epochs", type=int, default=None, help="Epoch cap (default: params.yaml, else the recipe's).")
+@click.option("--max-seconds", type=float, default=None, help="Stop training after this many seconds.")
+@click.option("-m", "--message", default=None)
+@JSON_OPTION
+@click.pass_context
+def train(ctx, method, backend, val_fraction, epochs, max_seconds, message, as_json):
+    """Fine-tune the force field on the node's labelled frames of one method and commit it as current.
+
+    Refits the per-element reference energies first, then trains on energy, forces and (where
+    labelled) stress with early stopping on the held-out frames."""
+    import dataclasses
+
+    from nodestore.loop.actions import train_forcefield
+
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--val-fraction")
+    r = train_forcefield(open_node(ctx), method=method, backend=backend, val_fraction=val_fraction,
+                         message=message, progress=not as_json, epochs=epochs, max_seconds=max_seconds)
+    if as_json:
+        echo_json(dataclasses.asdict(r))
+        return
+
+    def mev(x):
+        return "-" if x is None else f"{1000 * x:.1f}"
+
+    click.echo(f"trained {r.backend} on {r.n_train} frames of {r.method} ({r.n_val} held out, {r.epochs} epochs, "
+               f"best {r.best_epoch}{', frozen backbone' if r.frozen_backbone else ''}, {r.seconds:.0f} s)")
+    click.echo(f"  held-out energy RMSE {mev(r.energy_rmse_before)} -> {mev(r.energy_rmse_refs)} (references) -> "
+               f"{mev(r.energy_rmse_after)} meV/atom; force RMSE "
+               + (f"{r.force_rmse_before:.3f} -> {r.force_rmse_after:.3f} eV/A" if r.n_val else "-"))
+    click.echo(f"  checkpoint {r.checkpoint} is current" + (f", commit {r.commit[:10]}" if r.commit else ""))
+
+
+@main.command()
 @click.argument("name", type=click.Choice(["generate", "screen", "select", "label", "train", "curate"]))
 @click.argument("k", type=int)
 @click.pass_context

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
     from nodestore.chem.hull import compute_hull
     from nodestore.models.forcefield import ForceField
 
-    from .stages import FF_PREFIX, load_forcefield
+    from .stages import FF_PREFIX, load_forcefield, on_method_scale
 
     images = _read(files)
     if model:
@@ -87,6 +88,8 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
     else:
         cur = node.current_models().get("forcefield")
         ff = ForceField.load(node.path / "models" / cur) if cur else load_forcefield(node, None)
+    # on the labeller's energy scale (refit on the node's labels if the model is not fitted to it)
+    ff = on_method_scale(ff, node.table, node.config["reference_method"])
     if relax:
         res = ff.relax(images, fmax=fmax, steps=steps)
         energies = [r["energy"] for r in res]
@@ -117,7 +120,10 @@ def _ff_references(node, ff, method: str, fmax: float, steps: int) -> list[tuple
 
     from nodestore.chem.hull import reference_structures
 
-    cache = node.state_dir / "ff-references" / f"{method.replace('/', '_')}-f{fmax:g}-s{steps}.json"
+    import hashlib
+
+    refs = hashlib.sha256(json.dumps(ff.references.to_json(), sort_keys=True).encode()).hexdigest()[:10]
+    cache = node.state_dir / "ff-references" / f"{method.replace('/', '_')}-r{refs}-f{fmax:g}-s{steps}.json"
     if cache.exists():
         return [(d["formula"], d["energy"], method) for d in json.loads(cache.read_text())]
     refs = [primitive(a) for a in reference_structures(node.system)]
@@ -212,3 +218,77 @@ def label_references(node, message: str | None = None) -> dict:
         a.info["source"] = a.info.get("name", a.info.get("source", "reference"))
     return label_files(node, [], images=refs, origin="reference",
                        message=message or "label the reference phases")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``nodestore train`` did: the new current force field and its held-out errors
+    (eV/atom and eV/A on the frames it held out; ``*_refs``: after the reference fit alone)."""
+
+    checkpoint: str
+    commit: str | None
+    method: str
+    backend: str
+    parent: str | None
+    n_train: int
+    n_val: int
+    energy_rmse_before: float | None
+    energy_rmse_refs: float | None
+    energy_rmse_after: float | None
+    force_rmse_before: float | None
+    force_rmse_after: float | None
+    epochs: int
+    best_epoch: int
+    frozen_backbone: bool
+    seconds: float
+
+
+#: the fewest labelled frames of a method that ``train`` accepts (one held out, three to learn from)
+MIN_TRAIN_FRAMES = 4
+
+
+def train_forcefield(node, method: str | None = None, backend: str | None = None, val_fraction: float | None = None,
+                     message: str | None = None, progress: bool = True, **recipe) -> TrainResult:
+    """Fine-tune the current force field (or a fresh pretrained one of ``backend``) on the node's
+    labelled frames of ``method`` and commit the result as the current force field."""
+    import tempfile
+
+    from nodestore.models.registry import from_config
+
+    from .stages import labelled_frames, load_forcefield, section
+
+    method = method or node.config["reference_method"]
+    table = node.table
+    frames = labelled_frames(table, method)
+    if len(frames) < MIN_TRAIN_FRAMES:
+        known = sorted({m for m in table.column("method") if m}) if len(table) else []
+        raise ValidationError(
+            f"method {method!r} has {len(frames)} labelled frame(s) with forces in this node; training needs at "
+            f"least {MIN_TRAIN_FRAMES} (label more with `nodestore label`; methods here: {', '.join(known) or 'none'})")
+    ff_params = section(node.params, "forcefield")
+    if backend:
+        cfg = ff_params if ff_params.get("backend") == backend else {"backend": backend}
+        ff = from_config("forcefield", {**cfg, "checkpoint": None})
+    else:
+        from nodestore.models.forcefield import ForceField
+
+        cur = node.current_models().get("forcefield")
+        ff = ForceField.load(node.path / "models" / cur) if cur else load_forcefield(node, None)
+    kwargs = {k: v for k, v in section(ff_params, "finetune").items() if v is not None}
+    kwargs.update({k: v for k, v in recipe.items() if v is not None})
+    if val_fraction is not None:
+        kwargs["val_fraction"] = val_fraction
+    tuned = ff.finetune(frames, method=method, progress=progress, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="nodestore-train-") as tmp:
+        tuned.save(Path(tmp) / "forcefield")
+        cid = node.add_checkpoint(Path(tmp) / "forcefield", "forcefield", make_current=True)
+    m = tuned.metrics
+    commit = node.commit(message or f"train forcefield ({tuned.backend}) on {m['n_train']} frames of {method}")
+    return TrainResult(
+        checkpoint=cid, commit=commit, method=method, backend=tuned.backend, parent=ff.hash,
+        n_train=m["n_train"], n_val=m["n_val"],
+        energy_rmse_before=m.get("val_energy_rmse_per_atom_before"),
+        energy_rmse_refs=m.get("val_energy_rmse_per_atom_refs"),
+        energy_rmse_after=m.get("val_energy_rmse_per_atom"),
+        force_rmse_before=m.get("val_force_rmse_before"), force_rmse_after=m.get("val_force_rmse"),
+        epochs=m["epochs"], best_epoch=m["best_epoch"], frozen_backbone=m["frozen_backbone"], seconds=m["seconds"])

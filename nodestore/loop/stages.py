@@ -114,6 +114,27 @@ def load_forcefield(node, models_dir: Path | None):
     return from_config("forcefield", section(node.params, "forcefield"))
 
 
+def on_method_scale(ff, table, method: str):
+    """``ff`` on the energy scale of ``method``: a force field not yet fitted to it gets its
+    per-element reference energies refit on ``table``'s labelled frames of that method (no
+    gradient step), so that its energies, its hull and its errors against the labels are on the
+    labeller's scale from the first iteration on.  Unchanged when it is fitted already or the
+    table holds no labelled frame of the method."""
+    if ff.energy_method == method:
+        return ff
+    frames = labelled_frames(table, method)
+    return ff.fit_references(frames, method=method) if frames else ff
+
+
+def labelled_frames(table, method: str) -> list:
+    """``table``'s frames with an energy and forces of ``method``, as Atoms."""
+    if not len(table):
+        return []
+    rows = np.nonzero((table.column("method") == method) & np.isfinite(table.column("energy")))[0]
+    frames = table.to_atoms(rows) if len(rows) else []
+    return [f for f in frames if f.calc is not None and "forces" in f.calc.results]
+
+
 def load_generator(node, models_dir: Path | None):
     """The generator checkpoint in ``models_dir``, else the one params.yaml configures."""
     from nodestore.models.generator import Generator
@@ -179,11 +200,11 @@ def screen(node, k: int) -> dict:
     prev = iter_dir(node, item["prev"])
     p = section(node.params, "screen")
     cands = read_table(iter_dir(node, k) / "candidates")
-    ff = load_forcefield(node, prev / "models")
+    table = snapshot_table(node, item["prev"])
+    ff = on_method_scale(load_forcefield(node, prev / "models"), table, node.config["reference_method"])
     method = FF_PREFIX + ff.method
     images = cands.to_atoms()
     # duplicates among the candidates and of the node's entries are dropped before relaxing
-    table = snapshot_table(node, item["prev"])
     matcher = Matcher(**_match_params(node))
     known_rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
     known = table.structures(known_rows) if len(known_rows) else []
@@ -363,18 +384,15 @@ def train(node, k: int) -> dict:
     prev = iter_dir(node, item["prev"])
     method = node.config["reference_method"]
     table = snapshot_table(node, item["prev"])
-    rows = np.nonzero((table.column("method") == method) & np.isfinite(table.column("energy")))[0]
-    frames = table.to_atoms(rows) if len(rows) else []
-    new = read_table(iter_dir(node, k) / "labelled")
-    frames += [a for a in new.to_atoms() if a.info["method"] == method]
-    frames = [f for f in frames if f.calc is not None and "forces" in f.calc.results]
+    frames = labelled_frames(table, method)
+    frames += labelled_frames(read_table(iter_dir(node, k) / "labelled"), method)
     ff = load_forcefield(node, prev / "models")
     ft = section(section(node.params, "forcefield"), "finetune")
     metrics = {"method": method, "frames": len(frames), "parent": ff.hash}
     _pause_for_tests("train")
     if len(frames) >= int(section(node.params, "train").get("min_frames", 2)):
         before = ff.evaluate(frames)
-        tuned = ff.finetune(frames, **{k_: v for k_, v in ft.items() if v is not None})
+        tuned = ff.finetune(frames, method=method, **{k_: v for k_, v in ft.items() if v is not None})
         after = tuned.evaluate(frames)
         metrics.update({"before": before, "after": after, "finetune": tuned.metrics})
     else:

@@ -11,6 +11,7 @@ _LAZY = {
     "ForceFieldCalculator": "nodestore.models.forcefield",
     "ChgnetForceField": "nodestore.models._chgnet",
     "OrbForceField": "nodestore.models._orb",
+    "SevennetForceField": "nodestore.models._sevenn",
     "Labeller": "nodestore.models.labeller",
     "AseLabeller": "nodestore.models.labeller",
     "GpawLabeller": "nodestore.models.labeller",

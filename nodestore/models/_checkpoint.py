@@ -29,6 +29,7 @@ K_FRAMES = "training_frames"
 K_METRICS = "metrics"
 K_CREATED = "created"
 K_EXTRA = "extra"
+K_REFS = "reference_energies"
 
 
 def tree_hash(directory: Path) -> str:
@@ -50,7 +51,8 @@ def now() -> str:
 
 def write_meta(directory: Path, *, kind: str, backend: str, architecture: dict,
                parent: str | None, training_frames: list[str] | None = None,
-               metrics: dict | None = None, extra: dict | None = None) -> dict:
+               metrics: dict | None = None, extra: dict | None = None,
+               reference_energies: dict | None = None) -> dict:
     """Hash the directory's files and write a validated meta.json; return it."""
     directory = Path(directory)
     doc = {
@@ -65,6 +67,8 @@ def write_meta(directory: Path, *, kind: str, backend: str, architecture: dict,
         K_CREATED: now(),
         K_EXTRA: _jsonable(extra or {}),
     }
+    if reference_energies:
+        doc[K_REFS] = _jsonable(reference_energies)
     validate(doc, "checkpoint", where=str(directory / META))
     tmp = directory / (META + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))

@@ -37,6 +37,7 @@ class ChgnetForceField(ForceField):
     supports_stress = True
     supports_batch = True
     default_batch_size = 16
+    head_modules = ("mlp", "readout_norm", "composition_model")
 
     def __init__(self, pretrained: str = "0.3.0", *, device: str = "cpu", batch_size: int | None = None,
                  _model=None, _architecture: dict | None = None):
@@ -89,9 +90,11 @@ class ChgnetForceField(ForceField):
         f_true = torch.tensor(np.concatenate([a.arrays["_forces"] for a in frames]), dtype=f_pred.dtype)
         loss = loss + weights["forces"] * torch.mean((f_pred - f_true) ** 2)
         if weights.get("stress"):
-            s_pred = torch.stack([s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] for s in pred["s"]]) * _GPA
-            s_true = torch.tensor(np.stack([a.info["_stress"] for a in frames]), dtype=s_pred.dtype)
-            loss = loss + weights["stress"] * torch.mean((s_pred - s_true) ** 2)
+            from nodestore.models.forcefield import stress_loss
+
+            s_pred = torch.stack([s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] if s.dim() == 2 else s
+                                  for s in pred["s"]]) * _GPA
+            loss = loss + weights["stress"] * stress_loss(s_pred, frames)
         return loss
 
     def _save_files(self, directory):

@@ -68,6 +68,7 @@ class OrbForceField(ForceField):
     supports_stress = True
     supports_batch = True
     default_batch_size = 8
+    head_modules = ("heads",)
 
     def __init__(self, architecture: str = "orb-v3-direct", config: dict | None = None, *,
                  weights: str | None = None, pretrained: str | None = None, seed: int = 0,
@@ -147,6 +148,12 @@ class OrbForceField(ForceField):
     def _module(self):
         for p in self.model.parameters():
             p.requires_grad_(True)
+        # the target normalisers keep the statistics the model was built or trained with: updated
+        # online from a few fine-tuning frames they would shift every prediction (and a batch of
+        # near-zero stresses gives orb a zero variance that it refuses to divide by)
+        for m in self.model.modules():
+            if type(m).__name__ == "ScalarNormalizer":
+                m.online = False
         return self.model
 
     def _after_training(self):
@@ -179,3 +186,4 @@ class OrbForceField(ForceField):
     def _from_files(cls, directory, meta):
         arch = meta["architecture"]
         return cls(arch["name"], arch["config"], weights=str(Path(directory) / WEIGHTS))
+

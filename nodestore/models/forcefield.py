@@ -22,8 +22,16 @@ import numpy as np
 
 from nodestore.errors import BackendError, ValidationError
 from nodestore.models import _checkpoint as ckpt
+from nodestore.models.references import ReferenceEnergies
 
 KIND = "forcefield"
+
+#: the fine-tuning recipe's defaults (``ForceField.finetune``'s keyword defaults), chosen on
+#: bench/learning_curve.py; params.yaml's forcefield.finetune overrides any of them
+DEFAULT_RECIPE = {"val_fraction": 0.2, "epochs": 30, "patience": 4, "lr": 1e-3, "batch_size": 4,
+                  "energy_weight": 10.0, "force_weight": 1.0, "stress_weight": 0.01,
+                  "freeze_backbone": "auto", "freeze_below": 8, "head_lr_factor": 1.0,
+                  "warmup_fraction": 0.1, "min_lr_ratio": 0.05, "refit_references": True}
 
 
 class ForceField(abc.ABC):
@@ -39,6 +47,10 @@ class ForceField(abc.ABC):
     supports_stress: ClassVar[bool] = True
     supports_batch: ClassVar[bool] = True
     default_batch_size: ClassVar[int] = 16
+    #: names of the top-level submodules that form the model's heads (readout, per-element
+    #: energies); what a frozen-backbone fine-tune trains and what ``head_lr_factor`` speeds up.
+    #: Empty: the backend cannot separate heads from backbone.
+    head_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, architecture: dict, *, parent: str | None = None,
                  training_frames: Sequence[str] = (), metrics: dict | None = None,
@@ -48,6 +60,8 @@ class ForceField(abc.ABC):
         self.training_frames = list(training_frames)
         self.metrics = dict(metrics or {})
         self.batch_size = int(batch_size or self.default_batch_size)
+        #: fitted per-element reference energies, added to every energy the model predicts
+        self.references = ReferenceEnergies()
         self.hash: str | None = None  # set when saved or loaded
 
     # ------------------------------------------------------------------ backend API
@@ -71,6 +85,16 @@ class ForceField(abc.ABC):
     def _from_files(cls, directory: Path, meta: dict) -> "ForceField":
         raise BackendError(f"backend {cls.backend!r} cannot be loaded")
 
+    def _head_parameters(self):
+        """Parameters of the ``head_modules`` (what a frozen-backbone fine-tune trains)."""
+        module = getattr(self, "model", None)
+        if module is None:
+            return
+        for name in self.head_modules:
+            sub = getattr(module, name, None)
+            if sub is not None and hasattr(sub, "parameters"):
+                yield from sub.parameters()
+
     # ------------------------------------------------------------------ public API
     def predict(self, atoms_list: Sequence, batch_size: int | None = None) -> list[dict]:
         """Predict ``{"energy", "forces", "stress"}`` for each structure.
@@ -87,7 +111,10 @@ class ForceField(abc.ABC):
             results = self._predict_batch(chunk)
             if len(results) != len(chunk):
                 raise BackendError(f"{self.backend}: {len(results)} results for {len(chunk)} structures")
-            out.extend(_clean_result(r, len(a), self.supports_stress) for r, a in zip(results, chunk))
+            for r, a in zip(results, chunk):
+                r = _clean_result(r, len(a), self.supports_stress)
+                r["energy"] += self.references.shift_of(a.numbers)
+                out.append(r)
         return out
 
     def relax(self, atoms_list: Sequence, fmax: float = 0.05, steps: int = 200,
@@ -220,20 +247,64 @@ class ForceField(abc.ABC):
                     out.append(f"model error: {type(exc).__name__}: {str(exc)[:200]}")
         return out
 
-    def finetune(self, frames: Sequence, *, val_fraction: float = 0.2, epochs: int = 50,
-                 patience: int = 5, lr: float = 1e-4, batch_size: int = 4,
-                 energy_weight: float = 1.0, force_weight: float = 1.0,
-                 stress_weight: float = 0.0, seed: int = 0,
-                 val_frames: Sequence | None = None, max_seconds: float | None = None,
-                 progress: bool = False) -> "ForceField":
-        """Fine-tune on labelled frames; return a new ForceField (self is unchanged).
+    def fit_references(self, frames: Sequence, *, method: str | None = None, rcond: float = 1e-3,
+                       predictions: list[dict] | None = None) -> "ForceField":
+        """A copy whose per-element reference energies are refit on labelled frames; no gradient step.
 
-        ``frames`` are Atoms with energy and forces (on ``atoms.calc`` as read
-        from extxyz, or ``atoms.info["energy"]`` / ``atoms.arrays["forces"]``).
-        A ``val_fraction`` of them (or ``val_frames``) is held out; training
-        stops after ``patience`` epochs without a lower validation loss and the
-        best epoch's weights are kept.  ``metrics`` records energy RMSE/MAE per
-        atom and force RMSE on the held-out frames before and after.
+        The residuals ``label - prediction`` of ``frames`` (one energy method's labels) are fit
+        by least squares as linear in composition (``nodestore.models.references``); elements
+        whose reference the compositions do not determine keep the model's own value.  The copy
+        predicts on the scale of ``method``; ``references.fit`` records the fit.
+        """
+        from nodestore.models.references import fit_shift
+
+        frames = [_labelled_copy(a) for a in _check_atoms_list(frames)]
+        if not frames:
+            raise ValidationError("fitting reference energies needs at least one labelled frame")
+        preds = predictions if predictions is not None else self.predict(frames)
+        residuals = [a.info["_energy"] - p["energy"] for a, p in zip(frames, preds)]
+        delta, record = fit_shift([a.numbers for a in frames], residuals, rcond=rcond)
+        child = self._copy()
+        child.references = self.references.plus(delta, method or self.references.method, record)
+        child.parent = self.hash
+        child.training_frames = [_frame_id(a) for a in frames]
+        child.metrics = {"reference_fit": record}
+        child.hash = None
+        return child
+
+    def finetune(self, frames: Sequence, *, val_fraction: float = 0.2, epochs: int = 30,
+                 patience: int = 4, lr: float = 1e-3, batch_size: int = 4,
+                 energy_weight: float = 10.0, force_weight: float = 1.0,
+                 stress_weight: float = 0.01, seed: int = 0,
+                 val_frames: Sequence | None = None, max_seconds: float | None = None,
+                 progress: bool = False, method: str | None = None,
+                 refit_references: bool = True, freeze_backbone: bool | str = "auto",
+                 freeze_below: int = 8, head_lr_factor: float = 1.0, warmup_fraction: float = 0.1,
+                 min_lr_ratio: float = 0.05, clip_grad: float | None = 10.0) -> "ForceField":
+        """Fine-tune on labelled frames of one energy method; return a new ForceField (self is unchanged).
+
+        ``frames`` are Atoms with energy and forces (on ``atoms.calc`` as read from extxyz,
+        or ``atoms.info["energy"]`` / ``atoms.arrays["forces"]``, stress optional).
+
+        The recipe:
+
+        1. A ``val_fraction`` of the frames (or ``val_frames``) is held out.
+        2. ``refit_references``: before any gradient step, the per-element reference energies
+           are refit on the training frames (``fit_references``), so that the gradient steps
+           learn what a per-element constant cannot and are not spent on an offset.
+        3. Loss: ``energy_weight`` x MSE of energy per atom (eV/atom)^2 + ``force_weight`` x
+           MSE of force components (eV/A)^2 + ``stress_weight`` x MSE of stress in GPa^2 over
+           the frames that carry a stress label.
+        4. Adam; the learning rate warms up linearly over ``warmup_fraction`` of the planned
+           steps, then decays on a cosine to ``min_lr_ratio`` x ``lr``; head parameters (the
+           backend's ``head_modules``) learn ``head_lr_factor`` times faster.
+        5. ``freeze_backbone``: train only the heads (``"auto"``: when fewer than
+           ``freeze_below`` training frames).
+        6. Early stopping: after ``patience`` epochs without a lower validation loss (or at
+           ``epochs``, or ``max_seconds``) training stops and the best epoch's weights are kept.
+
+        ``metrics`` records energy RMSE/MAE per atom and force RMSE/MAE on the held-out frames
+        before, after the reference fit alone (``val_*_refs``) and after training.
         """
         import time
 
@@ -243,59 +314,95 @@ class ForceField(abc.ABC):
         if val_frames is None:
             order = list(range(len(frames)))
             random.Random(seed).shuffle(order)
-            n_val = max(1, int(round(val_fraction * len(frames)))) if len(frames) > 1 else 0
+            n_val = max(1, int(round(val_fraction * len(frames)))) if len(frames) > 1 and val_fraction > 0 else 0
             val = [frames[i] for i in order[:n_val]]
             train = [frames[i] for i in order[n_val:]]
         else:
             train, val = frames, [_labelled_copy(a) for a in _check_atoms_list(val_frames)]
         if not train:
             raise ValidationError("finetune needs at least one training frame")
-        if stress_weight and any(a.info.get("_stress") is None for a in train):
-            raise ValidationError("stress_weight > 0 but some training frames have no stress")
-
-        child = self._copy()
+        n_stress = sum(a.info.get("_stress") is not None for a in train)
+        if stress_weight and not self.supports_stress:
+            raise BackendError(f"backend {self.backend!r} has no stress: use stress_weight=0")
+        t0 = time.monotonic()
+        before = self.evaluate(val) if val else {}
+        base = self.fit_references(train, method=method) if refit_references else self._copy()
+        refs_only = base.evaluate(val) if (val and refit_references) else before
+        child = base._copy()
         module = child._module()
         if module is None:
             raise BackendError(f"backend {self.backend!r} cannot be fine-tuned")
-        weights = {"energy": energy_weight, "forces": force_weight, "stress": stress_weight}
-        before = self.evaluate(val) if val else {}
+        weights = {"energy": energy_weight, "forces": force_weight, "stress": stress_weight if n_stress else 0.0}
+        # the module learns what the reference energies leave
+        shifted = [_shifted(a, child.references) for a in train]
+        val_shifted = [_shifted(a, child.references) for a in val]
+        frozen = (freeze_backbone is True or (freeze_backbone == "auto" and len(train) < freeze_below))
+        heads = {id(p) for p in child._head_parameters()}
+        if frozen and not heads:
+            frozen = False  # the backend cannot tell heads from backbone: train everything
+        was = {id(p): p.requires_grad for p in module.parameters()}
+        for p in module.parameters():
+            p.requires_grad_(not frozen or id(p) in heads)
+        groups = [{"params": [p for p in module.parameters() if p.requires_grad and id(p) not in heads], "lr": lr},
+                  {"params": [p for p in module.parameters() if p.requires_grad and id(p) in heads],
+                   "lr": lr * head_lr_factor}]
+        groups = [g for g in groups if g["params"]]
         torch.manual_seed(seed)
-        params = [p for p in module.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = torch.optim.Adam(groups)
+        steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
+        total = max(1, steps_per_epoch * epochs)
+        warm = max(1, int(round(warmup_fraction * total)))
+
+        def factor(step):
+            if step < warm:
+                return (step + 1) / warm
+            x = min(1.0, (step - warm) / max(1, total - warm))
+            return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * x))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         rng = random.Random(seed)
-        best = (math.inf, copy.deepcopy(module.state_dict()), 0)
-        history, bad, t0 = [], 0, time.monotonic()
+        best_val = _val_loss(child, val_shifted, weights) if val else math.inf
+        best = (best_val, copy.deepcopy(module.state_dict()), 0)
+        history, bad = [{"epoch": 0, "val_loss": best_val}] if val else [], 0
         epoch_iter = range(1, epochs + 1)
         if progress:
             from tqdm.auto import tqdm
-            epoch_iter = tqdm(epoch_iter, desc="finetune", unit="epoch")
+            epoch_iter = tqdm(epoch_iter, desc=f"finetune {self.backend}", unit="epoch")
         epoch = 0
-        for epoch in epoch_iter:
-            module.train()
-            order = list(range(len(train)))
-            rng.shuffle(order)
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                batch = [train[i] for i in order[start:start + batch_size]]
-                opt.zero_grad()
-                loss = child._loss(batch, weights)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(batch)
-            record = {"epoch": epoch, "train_loss": total / len(train)}
-            if val:
-                module.eval()
-                record["val_loss"] = _val_loss(child, val, weights)
-            history.append(record)
-            score = record.get("val_loss", record["train_loss"])
-            if score < best[0]:
-                best, bad = (score, copy.deepcopy(module.state_dict()), epoch), 0
-            else:
-                bad += 1
-                if bad >= patience:
+        try:
+            for epoch in epoch_iter:
+                module.train()
+                order = list(range(len(train)))
+                rng.shuffle(order)
+                total_loss = 0.0
+                for start in range(0, len(order), batch_size):
+                    batch = [shifted[i] for i in order[start:start + batch_size]]
+                    opt.zero_grad()
+                    loss = child._loss(batch, weights)
+                    loss.backward()
+                    if clip_grad:
+                        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], clip_grad)
+                    opt.step()
+                    sched.step()
+                    total_loss += float(loss.detach()) * len(batch)
+                record = {"epoch": epoch, "train_loss": total_loss / len(train),
+                          "lr": float(opt.param_groups[0]["lr"])}
+                if val:
+                    module.eval()
+                    record["val_loss"] = _val_loss(child, val_shifted, weights)
+                history.append(record)
+                score = record.get("val_loss", record["train_loss"])
+                if score < best[0]:
+                    best, bad = (score, copy.deepcopy(module.state_dict()), epoch), 0
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+                if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
-            if max_seconds is not None and time.monotonic() - t0 > max_seconds:
-                break
+        finally:
+            for p in module.parameters():
+                p.requires_grad_(was.get(id(p), True))
         module.load_state_dict(best[1])
         module.eval()
         child._after_training()
@@ -304,8 +411,11 @@ class ForceField(abc.ABC):
         child.training_frames = [_frame_id(a) for a in train]
         child.metrics = {
             "n_train": len(train), "n_val": len(val), "epochs": epoch, "best_epoch": best[2],
-            "lr": lr, "seconds": round(time.monotonic() - t0, 2),
+            "lr": lr, "frozen_backbone": frozen, "stress_frames": n_stress,
+            "seconds": round(time.monotonic() - t0, 2), "method": child.references.method,
+            "reference_fit": child.references.fit if refit_references else None,
             **{f"val_{k}_before": v for k, v in before.items()},
+            **{f"val_{k}_refs": v for k, v in refs_only.items()},
             **{f"val_{k}": v for k, v in after.items()},
             "history": history,
         }
@@ -331,9 +441,11 @@ class ForceField(abc.ABC):
             if old.is_file():
                 old.unlink()
         self._save_files(directory)
+        self.references.save(directory)  # hashed with the weights: it is part of the model
         doc = ckpt.write_meta(directory, kind=KIND, backend=self.backend,
                               architecture=self.architecture, parent=self.parent,
-                              training_frames=self.training_frames, metrics=self.metrics)
+                              training_frames=self.training_frames, metrics=self.metrics,
+                              reference_energies=self.references.to_json() if self.references else None)
         self.hash = doc[ckpt.K_HASH]
         return self.hash
 
@@ -351,6 +463,7 @@ class ForceField(abc.ABC):
             return load_checkpoint(directory, kind=KIND)
         meta = ckpt.read_meta(directory, kind=KIND, backend=cls.backend)
         ff = cls._from_files(directory, meta)
+        ff.references = ReferenceEnergies.load(directory)
         ff.parent = meta[ckpt.K_PARENT]
         ff.training_frames = list(meta[ckpt.K_FRAMES])
         ff.metrics = dict(meta[ckpt.K_METRICS])
@@ -365,11 +478,17 @@ class ForceField(abc.ABC):
         return ForceFieldCalculator(self)
 
     @property
+    def energy_method(self) -> str | None:
+        """The labelling method whose energy scale this force field predicts on (None: its own)."""
+        return self.references.method
+
+    @property
     def method(self) -> str:
         """Short name of this model as an energy method, e.g. ``chgnet-0.3.0`` or ``orb@1a2b3c4d``."""
         if self.hash:
             return f"{self.backend}@{self.hash[:8]}"
-        return f"{self.backend}-{self.architecture.get('name', '')}"
+        name = f"{self.backend}-{self.architecture.get('name', '')}"
+        return f"{name}~{self.references.method}" if self.references.method else name
 
     # ------------------------------------------------------------------ helpers
     def _copy(self) -> "ForceField":
@@ -380,6 +499,29 @@ class ForceField(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.architecture.get('name')} hash={self.hash}>"
+
+
+EV_A3_TO_GPA = 160.21766208
+
+
+def stress_loss(pred, frames):
+    """MSE in GPa^2 of predicted Voigt stresses (torch, eV/A^3, ASE sign; one row per frame)
+    over the frames that carry a stress label (0 when none does)."""
+    import torch
+
+    rows = [i for i, a in enumerate(frames) if a.info.get("_stress") is not None]
+    if not rows:
+        return torch.zeros((), dtype=pred.dtype)
+    true = torch.tensor(np.stack([np.asarray(frames[i].info["_stress"], dtype=float) for i in rows]),
+                        dtype=pred.dtype)
+    return torch.mean(((pred[rows] - true) * EV_A3_TO_GPA) ** 2)
+
+
+def _shifted(atoms, references) -> "object":
+    """A labelled frame whose energy target is what the reference energies leave to the module."""
+    out = atoms.copy()
+    out.info["_energy"] = atoms.info["_energy"] - references.shift_of(atoms.numbers)
+    return out
 
 
 def _val_loss(ff: ForceField, val: list, weights: dict) -> float:

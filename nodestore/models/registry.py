@@ -24,6 +24,7 @@ _BUILTIN = {
     "forcefield": {
         "chgnet": "nodestore.models._chgnet:ChgnetForceField",
         "orb": "nodestore.models._orb:OrbForceField",
+        "sevenn": "nodestore.models._sevenn:SevennetForceField",
     },
     "generator": {
         "pyxtal": "nodestore.models.generator:PyxtalGenerator",
@@ -140,7 +141,7 @@ _NOT_CONSTRUCTOR = {"forcefield": ("checkpoint", "relax", "finetune"),
                     "generator": ("checkpoint", "n"), "labeller": (), "executor": ()}
 
 
-DEFAULTS = {"forcefield": "chgnet", "generator": "pyxtal", "labeller": "gpaw", "executor": "local"}
+DEFAULTS = {"forcefield": "sevenn", "generator": "pyxtal", "labeller": "gpaw", "executor": "local"}
 
 
 def load_checkpoint(path, kind: str | None = None):

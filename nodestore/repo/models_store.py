@@ -54,6 +54,7 @@ def read_checkpoints(models_dir: Path) -> list[dict]:
                 "parent": m.get("parent"),
                 "training_frames": len(m.get("training_frames", []) or []),
                 "metrics": m.get("metrics", {}),
+                "energy_method": (m.get("reference_energies") or {}).get("method"),
                 "current": kinds,
             })
     # the parent as the id of its checkpoint in this node, where the node holds it
