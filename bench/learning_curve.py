@@ -20,7 +20,9 @@ For every backend, in the same run and on the same held-out frames:
   (``ForceField.fit_references``), no gradient step (the baseline to beat);
 * ``finetuned``: ``ForceField.finetune`` with the node's default recipe on the N
   frames (it holds out ``val_fraction`` of them for early stopping, refits the
-  references first), within ``--budget`` seconds per fine-tune.
+  references first), within ``--budget-per-frame`` x N seconds (clipped to
+  ``--budget-min``/``--budget-max``; ``--other-budget`` for the backends not in
+  ``--curve-backends``).
 
 The fine-tuned curve runs over every size for ``--curve-backends`` and at the
 largest size for the other backends (``pretrained`` and ``offset`` are exact for
@@ -128,7 +130,8 @@ def run(args) -> list[dict]:
                        "offset_rank": rec["rank"]}
                 if bname in args.curve_backends or n == sizes[-1]:
                     t = time.perf_counter()
-                    tuned = ff.finetune(train_sets[n], method=d["method"], max_seconds=args.budget(n),
+                    budget = args.budget(n) if bname in args.curve_backends else min(args.budget(n), args.other_budget)
+                    tuned = ff.finetune(train_sets[n], method=d["method"], max_seconds=budget,
                                         seed=args.seed, **args.recipe)
                     t_ft = time.perf_counter() - t
                     pf = tuned.predict(test)
@@ -207,7 +210,10 @@ def main(argv=None):
                    help="fine-tune seconds per training frame (with --budget-min/--budget-max)")
     p.add_argument("--budget-min", type=float, default=60.0)
     p.add_argument("--budget-max", type=float, default=900.0)
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch cap")
+    p.add_argument("--other-budget", type=float, default=450.0,
+                   help="fine-tune seconds for the backends outside --curve-backends (at the largest size)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe default, e.g. --set energy_weight=100 --set freeze_backbone=true")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "learning_curve")
@@ -219,9 +225,14 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     from nodestore.models.forcefield import DEFAULT_RECIPE
 
+    import yaml
+
     args.recipe = dict(DEFAULT_RECIPE)
-    if args.epochs:
-        args.recipe["epochs"] = args.epochs
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key not in DEFAULT_RECIPE:
+            p.error(f"--set {key}: not a recipe key ({', '.join(DEFAULT_RECIPE)})")
+        args.recipe[key] = yaml.safe_load(value)
     args.budget = lambda n: max(args.budget_min, min(args.budget_max, args.budget_per_frame * n))
     t0 = time.perf_counter()
     rows = run(args)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from nodestore.config import default_params
@@ -32,6 +33,7 @@ def tiny_params():
                                   "num_message_passing_steps": 1, "radius": 4.0, "max_num_neighbors": 12},
                        "finetune": {"epochs": 1, "max_seconds": 20}},
         "labeller": {"backend": "lj"},
+        "label": {"primitive": True, "relax_steps": 2},
         "generator": {"backend": "pyxtal", "max_atoms": 8},
         "executor": {"backend": "local", "processes": 1},
     })
@@ -78,6 +80,17 @@ def test_tiny_iteration_end_to_end(loop_node):
     assert cur["reference_energies"]["method"] == LJ
     screened = json.loads((node.path / "loop/iter-1/screened/screen.json").read_text())
     assert screened["method"].endswith("~" + LJ)
+    # the labeller relaxed each selected structure: every ionic step is a frame of the method,
+    # derived from the selected structure; the last one is the label (relax_step > 0)
+    lab = json.loads((node.path / "loop/iter-1/labelled/label.json").read_text())
+    assert lab["frames"] > lab["labelled"] and all(s_ >= 1 for s_ in lab["relax_steps"])
+    t = node.table
+    it1 = t.column("iteration") == 1
+    steps_rows = np.nonzero(it1 & (t.column("origin") == "relax-step"))[0]
+    finals = np.nonzero(it1 & (t.column("origin") == "labelled"))[0]
+    assert len(steps_rows) and (t.column("relax_step")[finals] >= 1).all()
+    assert set(t.column("parent_id")[steps_rows]) <= set(t.column("parent_id")[finals])
+    assert not t.column("is_entry")[steps_rows].any()
     t = node.table
     assert (t.column("method") == LJ).sum() == doc["methods"][LJ] and doc["methods"][LJ] > r["committed"][0]["sun"].get("total", 0) - 100
     assert set(t.column("iteration")) >= {0, 1}

@@ -66,3 +66,29 @@ def test_relax_volume_per_atom_window_and_time_limit():
     crushed = bulk("Li", "bcc", a=1.5)
     r = ff.relax([crushed], fmax=0.01, steps=5)[0]
     assert "volume per atom" in r["reason"] and r["steps"] == 0 and math.isnan(r["energy"])
+
+
+class PullingForceField(ToyForceField):
+    """Pulls the second atom onto the first (a hole in the energy surface) with ever lower energy."""
+
+    def _predict_batch(self, atoms_list):
+        out = []
+        for a in atoms_list:
+            f = np.zeros((len(a), 3))
+            d = a.positions[0] - a.positions[1]
+            f[1] = 2.0 * d
+            out.append({"energy": -10.0 / max(np.linalg.norm(d), 0.1), "forces": f, "stress": np.zeros(6)})
+        return out
+
+
+def test_relax_stops_a_collapse_before_the_model_sees_it():
+    from nodestore.models.forcefield import GUARD_PREFIXES, collapsed_pair
+
+    a = bulk("SLi2", "fluorite", a=5.70)  # Li-S 2.47 A: far from the 0.6 x (1.28 + 1.05) A cut
+    assert collapsed_pair(a, 0.6) is None
+    r = PullingForceField().relax([a], fmax=0.01, steps=200, relax_cell=False)[0]
+    assert r["reason"].startswith("atoms collapsed") and r["reason"].startswith(GUARD_PREFIXES)
+    d = np.linalg.norm(r["atoms"].get_distance(0, 1, mic=True))
+    assert d >= 0.6 * (1.05 + 1.28) - 1e-9  # the last geometry the model evaluated was still physical
+    r = PullingForceField().relax([a], fmax=0.01, steps=200, relax_cell=False, min_distance_ratio=None)[0]
+    assert not r["reason"].startswith("atoms collapsed")

@@ -265,7 +265,7 @@ def sun_counts(table, threshold: float = 0.1, method: str | None = None) -> dict
 # -- query ---------------------------------------------------------------------
 #: columns a query may name (per-frame scalars) and derived names
 QUERY_COLUMNS = ("frame_id", "energy", "method", "checkpoint", "origin", "iteration", "parent_id", "source",
-                 "formula", "n_atoms", "spacegroup", "fingerprint", "is_entry", "duplicate_of", "e_form",
+                 "relax_step", "formula", "n_atoms", "spacegroup", "fingerprint", "is_entry", "duplicate_of", "e_form",
                  "e_hull", "novelty", "chemically_valid")
 DERIVED = {
     "energy_per_atom": lambda col: col("energy") / np.maximum(col("n_atoms"), 1),

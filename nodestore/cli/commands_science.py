@@ -27,7 +27,8 @@ def demo(path, iterations, labeller, keep, as_json):
     click.echo("")
     rows = doc["per_iteration"]
     if rows:
-        cols = ["iteration", "candidates", "screened", "labelled", "sun_0.1", "sun_predicted_0.1",
+        cols = ["iteration", "candidates", "screened", "labelled", "sun_0.1", "predicted_stable_0.1",
+                "labelled_predicted_stable_confirmed", "labelled_predicted_stable_refuted",
                 "ff_prev_on_new_labels_rmse", "ff_energy_rmse_before", "ff_energy_rmse_after",
                 "H_before", "H_after", "dH_mean"]
         table_print(rows, cols)
@@ -130,7 +131,9 @@ def classify(ctx, all_rows, message, as_json):
     if as_json:
         echo_json(r)
         return
-    click.echo(f"classified {r['classified']} rows {r.get('novelty', '')}; hull: {r['hull']}")
+    rl = r["relaxed_labels"]
+    click.echo(f"classified {r['classified']} rows {r.get('novelty', '')}; hull: {r['hull']}; "
+               f"{rl['relaxed']} of {rl['labels']} labels relaxed by the labeller (query: relax_step > 0)")
 
 
 @main.command()

@@ -15,7 +15,7 @@ import numpy as np
 FORMAT_VERSION = 1
 
 #: origins a row may have
-ORIGINS = ("imported", "generated", "relaxed", "labelled", "reference", "merged")
+ORIGINS = ("imported", "generated", "relaxed", "labelled", "reference", "merged", "relax-step")
 #: novelty classes (empty string: not classified yet)
 NOVELTY = ("", "duplicate", "substitution", "novel")
 
@@ -56,6 +56,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("origin", "str", (), False, "imported", doc="imported/generated/relaxed/labelled/reference"),
     Column("iteration", "i4", (), False, 0, doc="loop iteration that made the row"),
     Column("parent_id", "str", (), False, "", doc="frame id this one was derived from"),
+    Column("relax_step", "i2", (), False, -1,
+           doc="labels: the ionic step of the labeller's own relaxation this frame is (0: the geometry as "
+               "selected; a final label with relax_step > 0 is a relaxed label); -1: not a loop label"),
     Column("source", "str", (), False, "", doc="file, branch or stage the row came from"),
     Column("formula", "str", (), False, "", doc="reduced formula"),
     Column("n_atoms", "i4", (), False, 0, doc="atoms in the frame"),

@@ -174,28 +174,32 @@ def classify_node(node, message: str | None = None, all_rows: bool = False) -> d
         hull_note = "ok"
     except NodestoreError as exc:
         hull_note = str(exc)
+    # which labels of the method are relaxed ones (the labeller's own relaxation ended there)
+    lab = (table.column("method") == method) & (table.column("origin") != "relax-step")
+    relaxed = {"labels": int(lab.sum()), "relaxed": int((lab & (table.column("relax_step") > 0)).sum())}
     rows = entry_candidates(table)
     if not all_rows and not (table.column("novelty")[rows] == "").any():
         commit = node.commit(message or "update E_hull") if node.status()["changed_files"] else None
-        return {"classified": 0, "hull": hull_note, "commit": commit}
+        return {"classified": 0, "hull": hull_note, "commit": commit, "relaxed_labels": relaxed}
     # entries are decided among all candidates at once: dedup needs the whole set
     keys, cols = classify_table(table, params=_match(node), rows=rows)
     table.annotate(keys, cols)
     counts = {c: int(np.sum(np.asarray(cols["novelty"]) == c)) for c in ("duplicate", "substitution", "novel")}
     commit = node.commit(message or f"classify {len(keys)} rows: {counts}")
     return {"classified": len(keys), "novelty": counts, "entries": int(np.sum(cols["is_entry"])),
-            "hull": hull_note, "commit": commit}
+            "hull": hull_note, "commit": commit, "relaxed_labels": relaxed}
 
 
 def entry_candidates(table) -> np.ndarray:
     """Rows that may stand for a material: references, loop structures, and imported structure files.
 
-    Imported rows that carry labels (MD snapshots, training sets) are training
+    Imported rows that carry labels (MD snapshots, training sets) and the intermediate
+    ionic steps of a labeller's relaxation (origin ``relax-step``) are training
     frames, not candidate entries: frames of one trajectory are not materials.
     """
     origin = table.column("origin")
     method = table.column("method")
-    return np.nonzero((origin != "imported") | (method == ""))[0]
+    return np.nonzero(((origin != "imported") | (method == "")) & (origin != "relax-step"))[0]
 
 
 def _match(node) -> dict:

@@ -71,6 +71,8 @@ def run_demo(path="demo/Li-P-S", iterations: int = 2, fresh: bool = True, labell
     r = label_references(node)
     timings[f"label references ({reference_method})"] = time.perf_counter() - t
     echo(f"[demo] labelled {r['labelled']} reference phases, {len(r['failures'])} failed")
+    for f in r["failures"]:
+        echo(f"[demo]   failed: {f.get('formula')} ({f.get('source')}): {f.get('error')}")
     for k in range(iterations):
         t = time.perf_counter()
         echo(f"[demo] iteration {k + 1}: dvc repro ...")
@@ -101,7 +103,12 @@ def summarize(node) -> list[dict]:
         sun = met.get("sun") or {}
         row["sun_0.1"] = ((sun.get("by_threshold") or {}).get("0.1") or {}).get("sun")
         pred = met.get("sun_predicted") or {}
-        row["sun_predicted_0.1"] = ((pred.get("by_threshold") or {}).get("0.1") or {}).get("sun")
+        # screened structures the force field called stable (E_hull <= 0.1 on its own hull), and
+        # among the labelled ones how many the labels confirm (and how many they refute)
+        row["predicted_stable_0.1"] = ((pred.get("by_threshold") or {}).get("0.1") or {}).get("stable")
+        win = (met.get("forcefield") or {}).get("stability_window") or {}
+        row["labelled_predicted_stable_confirmed"] = win.get("TP")
+        row["labelled_predicted_stable_refuted"] = win.get("FP")
         row["ff_prev_on_new_labels_rmse"] = (met.get("forcefield") or {}).get("energy_rmse_per_atom")
         tr = met.get("train") or {}
         row["ff_energy_rmse_before"] = (tr.get("before") or {}).get("energy_rmse_per_atom")

@@ -79,24 +79,29 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     _legend_below(ax, ax2)
     plots.append(_save(fig, out / "entropy.png"))
 
-    # 3. force-field learning curve: errors on labels it had not seen, and the fine-tunes
+    # 3. force-field learning curve against the labelled frames of the method: errors on labels
+    # it had not seen (FF(k-1) had the frames that were in the node before iteration k), and the
+    # held-out split of each fine-tune (trained on the frames of the method up to iteration k)
     fig, (ax, axf) = plt.subplots(1, 2, figsize=(9, 4.4))
+    tr = [(it.get("train") or {}) for it in its]
+    n_seen = [t.get("frames_before") for t in tr]
+    n_all = [t.get("frames") for t in tr]
     held = [(it.get("forcefield") or {}).get("energy_rmse_per_atom") for it in its]
-    ft = [((it.get("train") or {}).get("finetune") or {}) for it in its]
-    vb = [f.get("val_energy_rmse_per_atom_before") for f in ft]
-    va = [f.get("val_energy_rmse_per_atom") for f in ft]
-    after = [((it.get("train") or {}).get("after") or {}).get("energy_rmse_per_atom") for it in its]
-    ax.plot(ks, _nan(held), "o-", color="tab:red", label="FF(k-1) on iteration k's new labels")
-    ax.plot(ks, _nan(vb), "s--", color="tab:blue", alpha=0.6, label="validation split, before fine-tune")
-    ax.plot(ks, _nan(va), "s-", color="tab:blue", label="validation split, after fine-tune")
-    ax.plot(ks, _nan(after), "^:", color="grey", label="all labelled frames after (training included)")
-    _rmse_axes(ax, ks, "energy RMSE (eV/atom)", "Energy")
-    fb = [((it.get("train") or {}).get("before") or {}).get("force_rmse") for it in its]
-    fa = [((it.get("train") or {}).get("after") or {}).get("force_rmse") for it in its]
-    axf.plot(ks, _nan(fb), "s--", color="tab:green", alpha=0.6, label="before fine-tune")
-    axf.plot(ks, _nan(fa), "s-", color="tab:green", label="after fine-tune")
-    _rmse_axes(axf, ks, "force RMSE (eV/Å)", "Forces (labelled frames)")
-    fig.suptitle("Force field against first-principles labels")
+    ft = [(t.get("finetune") or {}) for t in tr]
+    ax.plot(_nan(n_seen), _nan(held), "o-", color="tab:red", label="FF(k-1) on iteration k's new labels")
+    ax.plot(_nan(n_all), _nan([f.get("val_energy_rmse_per_atom_before") for f in ft]), "s--", color="tab:blue",
+            alpha=0.6, label="held-out split, before fine-tune")
+    ax.plot(_nan(n_all), _nan([f.get("val_energy_rmse_per_atom_refs") for f in ft]), "d:", color="tab:purple",
+            label="held-out split, reference fit only")
+    ax.plot(_nan(n_all), _nan([f.get("val_energy_rmse_per_atom") for f in ft]), "s-", color="tab:blue",
+            label="held-out split, after fine-tune")
+    _frames_axes(ax, "energy RMSE (eV/atom)", "Energy")
+    axf.plot(_nan(n_all), _nan([f.get("val_force_rmse_before") for f in ft]), "s--", color="tab:green", alpha=0.6,
+             label="held-out split, before fine-tune")
+    axf.plot(_nan(n_all), _nan([f.get("val_force_rmse") for f in ft]), "s-", color="tab:green",
+             label="held-out split, after fine-tune")
+    _frames_axes(axf, "force RMSE (eV/Å)", "Forces")
+    fig.suptitle("Force field against first-principles labels of the node's method")
     plots.append(_save(fig, out / "learning_curve.png"))
 
     # 4. S.U.N. counts per iteration
@@ -210,12 +215,13 @@ def _fmt(v) -> str:
     return "–" if v is None else str(v)
 
 
-def _rmse_axes(ax, ks, ylabel: str, title: str) -> None:
-    ax.set_xticks(ks)
-    ax.set_xlabel("iteration")
+def _frames_axes(ax, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled frames of the method")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    ax.set_yscale("log")
     ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")
 
 

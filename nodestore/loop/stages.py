@@ -232,20 +232,33 @@ def screen(node, k: int) -> dict:
         _attach(a, r)
         ref_images.append(a)
     batch = FrameBatch.from_atoms(out_images + ref_images, method=method, iteration=k, checkpoint=ff.hash or "")
+    # a structure stopped by a guard of the relaxation (collapsed atoms, runaway cell, ...) left
+    # physical geometry: its energy is not on any hull and it is not selected for labelling
+    from nodestore.models.forcefield import GUARD_PREFIXES
+
+    stopped = [str(r["reason"]).startswith(GUARD_PREFIXES) for r in relaxed + ref_relaxed]
+    ok = [i for i, s in enumerate(stopped) if not s]
     items = [(a, a.get_potential_energy(), method) for a in out_images + ref_images]
+    e_hull = np.full(len(items), np.nan)
+    e_form = np.full(len(items), np.nan)
     try:
-        res = compute_hull(items, method)
-        e_hull = np.asarray(res.e_hull, dtype=float)
-        e_form = np.asarray(res.e_form, dtype=float)
+        res = compute_hull([items[i] for i in ok], method)
+        e_hull[ok] = np.asarray(res.e_hull, dtype=float)
+        e_form[ok] = np.asarray(res.e_form, dtype=float)
     except NodestoreError:
-        e_hull = e_form = np.full(len(items), np.nan)
+        pass
     batch = batch.with_columns(e_hull=e_hull, e_form=e_form)
     converged = sum(bool(r["converged"]) for r in relaxed)
+    rejected = {}
+    for r, s in zip(relaxed, stopped):
+        if s:
+            key = str(r["reason"]).split(":")[0]
+            rejected[key] = rejected.get(key, 0) + 1
     with atomic_dir(iter_dir(node, k) / "screened") as out:
         write_table(out, batch)
         (out / "screen.json").write_text(json.dumps({
             "candidates": len(cands), "duplicates_dropped": len(cands) - len(images), "relaxed": len(relaxed),
-            "converged": converged, "method": method}, indent=1))
+            "converged": converged, "stopped_by_guard": rejected, "method": method}, indent=1))
     return {"screened": len(relaxed), "duplicates_dropped": len(cands) - len(images)}
 
 
@@ -282,10 +295,11 @@ def select(node, k: int) -> dict:
 
     p = section(node.params, "select")
     screened = read_table(iter_dir(node, k) / "screened")
-    rows = np.nonzero(screened.column("origin") == "relaxed")[0]
+    e_hull = screened.column("e_hull")
+    # structures stopped by a relaxation guard have no E_hull: never spend a label on them
+    rows = np.nonzero((screened.column("origin") == "relaxed") & np.isfinite(e_hull))[0]
     n_atoms = screened.column("n_atoms")
     rows = rows[n_atoms[rows] <= int(p.get("max_atoms", 32))]
-    e_hull = screened.column("e_hull")
     formula = screened.column("formula")
     spg = screened.column("spacegroup")
     chosen: list[int] = []
@@ -342,15 +356,23 @@ def label(node, k: int) -> dict:
         a.calc = None
     lab = load_labeller(node)
     check_method(node, lab.method_info)
+    p = section(node.params, "label")
+    relax_steps = int(p.get("relax_steps", 0))
+    if relax_steps and hasattr(lab, "with_relaxation"):
+        lab.with_relaxation(relax_steps, fmax=float(p.get("relax_fmax", 0.05)), cell=bool(p.get("relax_cell", True)),
+                            max_seconds=p.get("relax_seconds"))
     _pause_for_tests("label")
     good, failures, method_info = apply_labeller(node, lab, images, {"origin": "labelled", "source": f"label@{k}"})
     batch = FrameBatch.from_atoms(good, method=lab.method, iteration=k)
     with atomic_dir(iter_dir(node, k) / "labelled") as out:
         write_table(out, batch)
+        finals = [b for b in good if b.info.get("origin") != "relax-step"]
         (out / "label.json").write_text(json.dumps({
-            "method": lab.method, "method_info": method_info, "labelled": len(good), "failures": failures,
-            "seconds": [b.info.get("label_seconds") for b in good]}, indent=1, default=str))
-    return {"labelled": len(good), "failed": len(failures)}
+            "method": lab.method, "method_info": method_info, "labelled": len(finals), "frames": len(good),
+            "relax_steps": [b.info.get("relax_step", 0) for b in finals],
+            "relax_converged": [b.info.get("relax_converged") for b in finals], "failures": failures,
+            "seconds": [b.info.get("label_seconds") for b in finals]}, indent=1, default=str))
+    return {"labelled": len(finals), "frames": len(good), "failed": len(failures)}
 
 
 def apply_labeller(node, lab, images, info: dict) -> tuple[list, list, dict]:
@@ -365,9 +387,20 @@ def apply_labeller(node, lab, images, info: dict) -> tuple[list, list, dict]:
         where = {"frame_id": a.info.get("frame_id", ""), "source": a.info.get("source", ""),
                  "formula": a.get_chemical_formula("metal")}
         if res["ok"]:
+            # a labeller that relaxed the structure: every ionic step before the last is a training
+            # frame of the same method (origin relax-step), all derived from the structure labelled
+            steps = res.get("trajectory") or []
+            for i, st in enumerate(steps[:-1]):
+                s = to_atoms(a, {**st, "ok": True, "method": res["method"]})
+                s.info = {"source": where["source"], **info, "origin": "relax-step", "parent_id": where["frame_id"],
+                          "relax_step": i}
+                good.append(s)
             b = to_atoms(a, res)
             b.info = {"source": where["source"], **info, "parent_id": where["frame_id"],
-                      "spacegroup": a.info.get("spacegroup", 0), "label_seconds": res.get("seconds")}
+                      "spacegroup": a.info.get("spacegroup", 0), "label_seconds": res.get("seconds"),
+                      "relax_step": max(0, len(steps) - 1)}
+            if res.get("relax"):
+                b.info["relax_converged"] = bool(res["relax"].get("converged"))
             good.append(b)
         else:
             failures.append({**where, "error": res["error"], "failure": res.get("failure")})
@@ -385,15 +418,21 @@ def train(node, k: int) -> dict:
     method = node.config["reference_method"]
     table = snapshot_table(node, item["prev"])
     frames = labelled_frames(table, method)
+    n_before = len(frames)
     frames += labelled_frames(read_table(iter_dir(node, k) / "labelled"), method)
     ff = load_forcefield(node, prev / "models")
     ft = section(section(node.params, "forcefield"), "finetune")
-    metrics = {"method": method, "frames": len(frames), "parent": ff.hash}
+    metrics = {"method": method, "frames": len(frames), "frames_before": n_before, "parent": ff.hash}
     _pause_for_tests("train")
     if len(frames) >= int(section(node.params, "train").get("min_frames", 2)):
-        before = ff.evaluate(frames)
+        from nodestore.models.forcefield import DEFAULT_RECIPE
+
+        # the errors over the frames fine-tuning may use (not over collapsed geometries)
+        max_force = ft.get("max_force", DEFAULT_RECIPE["max_force"])
+        scored = [f for f in frames if max_force is None or np.abs(f.get_forces()).max() <= max_force] or frames
+        before = ff.evaluate(scored)
         tuned = ff.finetune(frames, method=method, **{k_: v for k_, v in ft.items() if v is not None})
-        after = tuned.evaluate(frames)
+        after = tuned.evaluate(scored)
         metrics.update({"before": before, "after": after, "finetune": tuned.metrics})
     else:
         tuned = ff
@@ -452,7 +491,9 @@ def curate(node, k: int) -> dict:
     n_base = len(base)
     new_rows = np.arange(n_base, len(scratch))
     metrics: dict = {"iteration": k, "method": method, "candidates": len(read_table(iter_dir(node, k) / "candidates")),
-                     "screened": int(len(relaxed_rows)), "labelled": len(labelled)}
+                     "screened": int(len(relaxed_rows)),
+                     "labelled": int((labelled.column("origin") != "relax-step").sum()) if len(labelled) else 0,
+                     "labelled_frames": len(labelled)}
     # E_hull of the labelled frames on the hull of the reference method
     try:
         _, e_hull, e_form = chem.hull_for_table(scratch, method)
@@ -498,7 +539,7 @@ def curate(node, k: int) -> dict:
     if n_base:
         metrics["entropy"]["delta"] = chem.delta_report(scratch, new_rows, np.arange(n_base))
     # force-field quality against the labels: stability calls and errors on the labelled frames
-    metrics["forcefield"] = _ff_quality(scratch, screened, labelled, method, e_hull)
+    metrics["forcefield"] = _ff_quality(scratch, screened, labelled, method, e_hull, window=thr)
     train_path = iter_dir(node, k) / "train.json"
     if train_path.exists():
         metrics["train"] = json.loads(train_path.read_text())
@@ -534,7 +575,7 @@ def _describe(x) -> dict:
             "le_0": int((x <= 0).sum()), "le_0.025": int((x <= 0.025).sum()), "le_0.1": int((x <= 0.1).sum())}
 
 
-def _ff_quality(scratch, screened, labelled, method, e_hull_dft) -> dict:
+def _ff_quality(scratch, screened, labelled, method, e_hull_dft, window: float = 0.1) -> dict:
     """The screening force field against this iteration's new labels, which it has not seen.
 
     Pairs each labelled frame with the relaxed candidate it was made from (its primitive cell, the
@@ -549,7 +590,8 @@ def _ff_quality(scratch, screened, labelled, method, e_hull_dft) -> dict:
     scr = screened.read()
     by_id = {f: i for i, f in enumerate(scr["frame_id"])}
     idx = [by_id.get(p) for p in lab["parent_id"]]
-    ok = [j for j, i in enumerate(idx) if i is not None]
+    # the final label of each structure (its relaxed geometry where the labeller relaxed it)
+    ok = [j for j, i in enumerate(idx) if i is not None and lab["origin"][j] != "relax-step"]
     if not ok:
         return {}
     si = [idx[j] for j in ok]
@@ -565,10 +607,13 @@ def _ff_quality(scratch, screened, labelled, method, e_hull_dft) -> dict:
     dft = {f: e for f, m, e in zip(ids, methods, e_hull_dft) if m == method}
     true = np.array([dft.get(lab["frame_id"][j], np.nan) for j in ok])
     pred = scr["e_hull"][si]
-    try:
-        out["stability"] = stability_metrics(true, pred)
-    except NodestoreError as exc:  # no finite labelled E_hull (no hull of the reference method yet)
-        out["stability"] = {"note": str(exc)}
+    # the calls at E_hull <= 0 (matbench-discovery's convention) and inside the node's stability
+    # window (curate.stable_threshold): does a structure the screen called stable stay so?
+    for key, thr in (("stability", 0.0), ("stability_window", window)):
+        try:
+            out[key] = {"threshold": thr, **stability_metrics(true, pred, threshold=thr)}
+        except NodestoreError as exc:  # no finite labelled E_hull (no hull of the reference method yet)
+            out[key] = {"threshold": thr, "note": str(exc)}
     return out
 
 

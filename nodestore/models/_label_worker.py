@@ -10,6 +10,13 @@ REQUEST: ``{"calculator": NAME or "module:Class", "params": {...},
 "atoms": {"numbers", "positions", "cell", "pbc"}, "properties": [...]}``.
 RESULT: ``{"energy", "forces", "stress", "code", "version"}`` or
 ``{"error": REASON, "kind": "unconverged" | "error"}`` (exit status 2).
+
+With ``"relax": {"steps": N, "fmax": F, "cell": true, "max_seconds": T}`` the
+structure is relaxed by the calculator itself (ASE's BFGS, on a
+``FrechetCellFilter`` when ``cell``) for at most N steps and T seconds; every
+ionic step's geometry and labels are returned in ``"trajectory"`` (the first
+entry is the geometry as given), the last one also as the result's own
+``energy``/``forces``/``stress`` with its ``positions`` and ``cell``.
 """
 
 import importlib
@@ -77,6 +84,67 @@ def make_calculator(name, params):
     return cls(**params), module, getattr(mod, "__version__", "unknown")
 
 
+def _labels(atoms, with_stress):
+    import numpy as np
+
+    out = {"energy": float(atoms.get_potential_energy()), "forces": np.asarray(atoms.get_forces()).tolist(),
+           "stress": None}
+    if with_stress and all(atoms.pbc):
+        try:
+            out["stress"] = np.asarray(atoms.get_stress(voigt=True)).tolist()
+        except Exception as exc:  # a calculator without stress still labels energy and forces
+            out["stress_error"] = str(exc)
+    return out
+
+
+def _relax(atoms, relax, with_stress):
+    """Relax with the calculator; every ionic step's geometry and labels, the last as the result.
+
+    Written for the ASE of any interpreter (Debian's python3 has ASE 3.22, without ase.filters):
+    a plain loop of BFGS steps, the force criterion checked on the filter's generalised forces.
+    """
+    import time
+
+    import numpy as np
+    from ase.optimize import BFGS
+
+    cell = bool(relax.get("cell", True)) and all(atoms.pbc) and with_stress
+    target = atoms
+    if cell:
+        try:
+            from ase.filters import FrechetCellFilter as CellFilter
+        except ImportError:  # ASE < 3.23
+            from ase.constraints import ExpCellFilter as CellFilter
+        target = CellFilter(atoms)
+    opt = BFGS(target, logfile=None)
+    fmax = float(relax.get("fmax", 0.05))
+    steps = int(relax["steps"])
+    deadline = time.monotonic() + float(relax.get("max_seconds") or 1e12)
+
+    def record():
+        step = _labels(atoms, with_stress)
+        step["positions"] = atoms.positions.tolist()
+        step["cell"] = atoms.cell.array.tolist()
+        return step
+
+    trajectory = [record()]
+    converged = False
+    for _ in range(steps):
+        f = np.asarray(target.get_forces())
+        converged = bool(np.sqrt((f ** 2).sum(axis=1).max()) < fmax)
+        if converged or time.monotonic() > deadline:
+            break
+        opt.step()
+        trajectory.append(record())
+    else:
+        f = np.asarray(target.get_forces())
+        converged = bool(np.sqrt((f ** 2).sum(axis=1).max()) < fmax)
+    out = dict(trajectory[-1])
+    out["trajectory"] = trajectory
+    out["relax"] = {"steps": len(trajectory) - 1, "converged": converged, "cell": cell, "fmax": fmax}
+    return out
+
+
 def main(argv):
     out_path = argv[1]
     request = json.load(sys.stdin)
@@ -90,14 +158,11 @@ def main(argv):
         atoms.calc = calc
         props = request.get("properties", ["energy", "forces", "stress"])
         result = {"code": code, "version": version}
-        result["energy"] = float(atoms.get_potential_energy())
-        result["forces"] = np.asarray(atoms.get_forces()).tolist()
-        result["stress"] = None
-        if "stress" in props and all(atoms.pbc):
-            try:
-                result["stress"] = np.asarray(atoms.get_stress(voigt=True)).tolist()
-            except Exception as exc:  # a calculator without stress still labels energy and forces
-                result["stress_error"] = str(exc)
+        relax = request.get("relax") or {}
+        if int(relax.get("steps", 0)) > 0:
+            result.update(_relax(atoms, relax, "stress" in props))
+        else:
+            result.update(_labels(atoms, "stress" in props))
         status = 0
     except Exception as exc:
         kind = "unconverged" if "converg" in type(exc).__name__.lower() or "converg" in str(exc).lower() else "error"

@@ -28,10 +28,10 @@ KIND = "forcefield"
 
 #: the fine-tuning recipe's defaults (``ForceField.finetune``'s keyword defaults), chosen on
 #: bench/learning_curve.py; params.yaml's forcefield.finetune overrides any of them
-DEFAULT_RECIPE = {"val_fraction": 0.2, "epochs": 30, "patience": 4, "lr": 1e-3, "batch_size": 4,
+DEFAULT_RECIPE = {"val_fraction": 0.2, "epochs": 30, "patience": 4, "lr": 1e-3, "batch_size": 1,
                   "energy_weight": 10.0, "force_weight": 1.0, "stress_weight": 0.01,
                   "freeze_backbone": "auto", "freeze_below": 8, "head_lr_factor": 1.0,
-                  "warmup_fraction": 0.1, "min_lr_ratio": 0.05, "refit_references": True}
+                  "warmup_fraction": 0.1, "min_lr_ratio": 0.05, "refit_references": True, "max_force": 20.0}
 
 
 class ForceField(abc.ABC):
@@ -122,6 +122,7 @@ class ForceField(abc.ABC):
               batch_size: int | None = None, *,
               volume_ratio: tuple[float, float] | None = (0.5, 3.0),
               volume_per_atom: tuple[float, float] | None = (5.0, 80.0),
+              min_distance_ratio: float | None = 0.6,
               max_seconds: float | None = None) -> list[dict]:
         """Relax positions (and the cell) of every structure.
 
@@ -134,7 +135,10 @@ class ForceField(abc.ABC):
         Guards stop a structure early, unconverged, before the model sees an
         absurd cell (whose neighbour graph can be huge): a periodic cell whose
         volume leaves ``volume_ratio`` (min, max) times its starting volume or
-        whose volume per atom (A^3) leaves ``volume_per_atom``; non-finite
+        whose volume per atom (A^3) leaves ``volume_per_atom``; two atoms closer
+        than ``min_distance_ratio`` times the sum of their covalent radii (a
+        collapse into a hole of the model's energy surface, where a force field
+        can predict absurdly low energies); non-finite
         positions, energy, forces or stress; a model error on that structure
         alone.  ``max_seconds`` stops every structure still relaxing once the
         call has run that long (checked between steps).  ``None`` switches a
@@ -173,7 +177,7 @@ class ForceField(abc.ABC):
             # geometry guard before the model sees the structure
             ok = []
             for i in active:
-                why = _geometry_problem(atoms_list[i], v0[i], volume_ratio, volume_per_atom)
+                why = _geometry_problem(atoms_list[i], v0[i], volume_ratio, volume_per_atom, min_distance_ratio)
                 if why:
                     reasons[i] = why
                 else:
@@ -273,14 +277,15 @@ class ForceField(abc.ABC):
         return child
 
     def finetune(self, frames: Sequence, *, val_fraction: float = 0.2, epochs: int = 30,
-                 patience: int = 4, lr: float = 1e-3, batch_size: int = 4,
+                 patience: int = 4, lr: float = 1e-3, batch_size: int = 1,
                  energy_weight: float = 10.0, force_weight: float = 1.0,
                  stress_weight: float = 0.01, seed: int = 0,
                  val_frames: Sequence | None = None, max_seconds: float | None = None,
                  progress: bool = False, method: str | None = None,
                  refit_references: bool = True, freeze_backbone: bool | str = "auto",
                  freeze_below: int = 8, head_lr_factor: float = 1.0, warmup_fraction: float = 0.1,
-                 min_lr_ratio: float = 0.05, clip_grad: float | None = 10.0) -> "ForceField":
+                 min_lr_ratio: float = 0.05, clip_grad: float | None = 10.0,
+                 max_force: float | None = 20.0) -> "ForceField":
         """Fine-tune on labelled frames of one energy method; return a new ForceField (self is unchanged).
 
         ``frames`` are Atoms with energy and forces (on ``atoms.calc`` as read from extxyz,
@@ -301,7 +306,12 @@ class ForceField(abc.ABC):
         5. ``freeze_backbone``: train only the heads (``"auto"``: when fewer than
            ``freeze_below`` training frames).
         6. Early stopping: after ``patience`` epochs without a lower validation loss (or at
-           ``epochs``, or ``max_seconds``) training stops and the best epoch's weights are kept.
+           ``epochs``, or ``max_seconds``) training stops and the best epoch's weights are kept;
+           with ``max_seconds`` the decay is planned for as many epochs as the first one says fit.
+
+        Frames that would teach noise are left out and counted in ``metrics["excluded"]``: a
+        force component above ``max_force`` eV/A (collapsed geometry), or an energy the reference
+        fit calls an outlier (off by more than max(0.5 eV/atom, 5 MAD) after the fit).
 
         ``metrics`` records energy RMSE/MAE per atom and force RMSE/MAE on the held-out frames
         before, after the reference fit alone (``val_*_refs``) and after training.
@@ -319,15 +329,41 @@ class ForceField(abc.ABC):
             train = [frames[i] for i in order[n_val:]]
         else:
             train, val = frames, [_labelled_copy(a) for a in _check_atoms_list(val_frames)]
+        excluded = {"force": 0, "energy": 0}
+        if max_force is not None:
+            n0 = len(train) + len(val)
+            train = [a for a in train if np.abs(a.arrays["_forces"]).max() <= max_force]
+            val = [a for a in val if np.abs(a.arrays["_forces"]).max() <= max_force]
+            excluded["force"] = n0 - len(train) - len(val)
         if not train:
-            raise ValidationError("finetune needs at least one training frame")
-        n_stress = sum(a.info.get("_stress") is not None for a in train)
+            raise ValidationError("finetune needs at least one training frame"
+                                  + (f" ({excluded['force']} left out for forces above {max_force:g} eV/A)"
+                                     if excluded["force"] else ""))
         if stress_weight and not self.supports_stress:
             raise BackendError(f"backend {self.backend!r} has no stress: use stress_weight=0")
         t0 = time.monotonic()
+        refs_only = None
+        if refit_references:
+            base = self.fit_references(train, method=method)
+            fit = base.references.fit
+            drop = set(fit.get("outliers", []))
+            if drop and len(drop) < len(train):
+                train = [a for i, a in enumerate(train) if i not in drop]
+                excluded["energy"] += len(drop)
+            if val:  # the same test on the held-out frames, with the fitted references
+                pv = base.predict(val)
+                thr = fit.get("outlier_threshold_per_atom", math.inf)
+                keep = [abs(a.info["_energy"] - p["energy"]) / len(a) <= thr for a, p in zip(val, pv)]
+                if any(keep) and not all(keep):
+                    excluded["energy"] += keep.count(False)
+                    val = [a for a, k in zip(val, keep) if k]
+                    pv = [p for p, k in zip(pv, keep) if k]
+                refs_only = _scores(pv, val)
+        else:
+            base = self._copy()
+        n_stress = sum(a.info.get("_stress") is not None for a in train)
         before = self.evaluate(val) if val else {}
-        base = self.fit_references(train, method=method) if refit_references else self._copy()
-        refs_only = base.evaluate(val) if (val and refit_references) else before
+        refs_only = refs_only if refs_only is not None else before
         child = base._copy()
         module = child._module()
         if module is None:
@@ -350,13 +386,15 @@ class ForceField(abc.ABC):
         torch.manual_seed(seed)
         opt = torch.optim.Adam(groups)
         steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
-        total = max(1, steps_per_epoch * epochs)
-        warm = max(1, int(round(warmup_fraction * total)))
+        # the planned steps: ``epochs``, or as many as ``max_seconds`` allows at the pace of the
+        # first epoch, so that the decay ends where training will end
+        plan = {"total": max(1, steps_per_epoch * epochs)}
+        warm = max(1, int(round(warmup_fraction * plan["total"])))
 
         def factor(step):
             if step < warm:
                 return (step + 1) / warm
-            x = min(1.0, (step - warm) / max(1, total - warm))
+            x = min(1.0, (step - warm) / max(1, plan["total"] - warm))
             return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * x))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -369,6 +407,7 @@ class ForceField(abc.ABC):
             from tqdm.auto import tqdm
             epoch_iter = tqdm(epoch_iter, desc=f"finetune {self.backend}", unit="epoch")
         epoch = 0
+        t_epoch0 = time.monotonic()
         try:
             for epoch in epoch_iter:
                 module.train()
@@ -391,6 +430,10 @@ class ForceField(abc.ABC):
                     module.eval()
                     record["val_loss"] = _val_loss(child, val_shifted, weights)
                 history.append(record)
+                if epoch == 1 and max_seconds is not None:
+                    fit = int((max_seconds - (time.monotonic() - t0)) / max(1e-6, time.monotonic() - t_epoch0)) + 1
+                    plan["total"] = max(warm + 1, steps_per_epoch * max(1, min(epochs, fit)))
+                    warm = min(warm, plan["total"] - 1)
                 score = record.get("val_loss", record["train_loss"])
                 if score < best[0]:
                     best, bad = (score, copy.deepcopy(module.state_dict()), epoch), 0
@@ -406,12 +449,22 @@ class ForceField(abc.ABC):
         module.load_state_dict(best[1])
         module.eval()
         child._after_training()
+        if refit_references and best[2] > 0:
+            # the trained module's own energies have moved: the references are refit to it, so that
+            # they stay the least-squares optimum on the training frames (a drift of the mean energy
+            # is a per-element constant, not something the gradient steps should have to carry)
+            from nodestore.models.references import fit_shift
+
+            pt = child.predict(train)
+            delta, rec = fit_shift([a.numbers for a in train], [a.info["_energy"] - p["energy"] for a, p in zip(train, pt)])
+            child.references = child.references.plus(delta, child.references.method,
+                                                     {**child.references.fit, "after_training": rec})
         after = child.evaluate(val) if val else {}
         child.parent = self.hash
         child.training_frames = [_frame_id(a) for a in train]
         child.metrics = {
             "n_train": len(train), "n_val": len(val), "epochs": epoch, "best_epoch": best[2],
-            "lr": lr, "frozen_backbone": frozen, "stress_frames": n_stress,
+            "lr": lr, "frozen_backbone": frozen, "stress_frames": n_stress, "excluded": excluded,
             "seconds": round(time.monotonic() - t0, 2), "method": child.references.method,
             "reference_fit": child.references.fit if refit_references else None,
             **{f"val_{k}_before": v for k, v in before.items()},
@@ -425,13 +478,7 @@ class ForceField(abc.ABC):
     def evaluate(self, frames: Sequence) -> dict:
         """Energy RMSE/MAE per atom (eV/atom) and force RMSE/MAE (eV/A) on labelled frames."""
         frames = [_labelled_copy(a) for a in _check_atoms_list(frames)]
-        preds = self.predict(frames)
-        de = np.array([(p["energy"] - a.info["_energy"]) / len(a) for p, a in zip(preds, frames)])
-        df = np.concatenate([(p["forces"] - a.arrays["_forces"]).ravel() for p, a in zip(preds, frames)])
-        return {"energy_rmse_per_atom": float(np.sqrt(np.mean(de ** 2))),
-                "energy_mae_per_atom": float(np.mean(np.abs(de))),
-                "force_rmse": float(np.sqrt(np.mean(df ** 2))),
-                "force_mae": float(np.mean(np.abs(df))), "n_frames": len(frames)}
+        return _scores(self.predict(frames), frames)
 
     def save(self, directory) -> str:
         """Write a checkpoint directory (weights + meta.json); return its hash."""
@@ -517,6 +564,16 @@ def stress_loss(pred, frames):
     return torch.mean(((pred[rows] - true) * EV_A3_TO_GPA) ** 2)
 
 
+def _scores(preds: list, frames: list) -> dict:
+    """Energy RMSE/MAE per atom and force RMSE/MAE of predictions against labelled copies."""
+    de = np.array([(p["energy"] - a.info["_energy"]) / len(a) for p, a in zip(preds, frames)])
+    df = np.concatenate([(p["forces"] - a.arrays["_forces"]).ravel() for p, a in zip(preds, frames)])
+    return {"energy_rmse_per_atom": float(np.sqrt(np.mean(de ** 2))),
+            "energy_mae_per_atom": float(np.mean(np.abs(de))),
+            "force_rmse": float(np.sqrt(np.mean(df ** 2))),
+            "force_mae": float(np.mean(np.abs(df))), "n_frames": len(frames)}
+
+
 def _shifted(atoms, references) -> "object":
     """A labelled frame whose energy target is what the reference energies leave to the module."""
     out = atoms.copy()
@@ -584,7 +641,27 @@ def _check_atoms_list(atoms_list) -> list:
     return out
 
 
-def _geometry_problem(atoms, v0, volume_ratio, volume_per_atom) -> str | None:
+#: reasons of ``relax`` that say the structure left physical geometry (its energy means nothing)
+GUARD_PREFIXES = ("non-finite", "volume", "atoms collapsed", "model error")
+
+
+def collapsed_pair(atoms, ratio: float) -> str | None:
+    """The closest pair of atoms nearer than ``ratio`` times the sum of their covalent radii, as text."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) < 2 and not atoms.pbc.any():
+        return None
+    radii = covalent_radii[atoms.numbers] * ratio
+    i, j, d = neighbor_list("ijd", atoms, radii)  # pairs closer than ratio * (r_i + r_j)
+    if not len(d):
+        return None
+    k = int(np.argmin(d / (radii[i] + radii[j])))
+    sym = atoms.get_chemical_symbols()
+    return f"atoms collapsed: {sym[i[k]]}-{sym[j[k]]} at {d[k]:.2f} A"
+
+
+def _geometry_problem(atoms, v0, volume_ratio, volume_per_atom, min_distance_ratio=None) -> str | None:
     """Why relaxation must stop at this geometry (None: it may go on)."""
     if not np.all(np.isfinite(atoms.positions)) or not np.all(np.isfinite(atoms.cell.array)):
         return "non-finite positions or cell"
@@ -599,6 +676,8 @@ def _geometry_problem(atoms, v0, volume_ratio, volume_per_atom) -> str | None:
         lo, hi = volume_ratio
         if not lo <= v / v0 <= hi:
             return f"volume {v / v0:.3g}x its start, outside [{lo:g}, {hi:g}]"
+    if min_distance_ratio:
+        return collapsed_pair(atoms, min_distance_ratio)
     return None
 
 

@@ -89,6 +89,9 @@ def to_atoms(atoms, label: dict):
     if not label["ok"]:
         raise ValidationError(f"label failed: {label['error']}")
     out = atoms.copy()
+    if label.get("positions") is not None:  # the labeller relaxed the structure: its last geometry
+        out.cell = np.asarray(label["cell"])
+        out.positions = np.asarray(label["positions"])
     results = {"energy": label["energy"], "forces": np.asarray(label["forces"])}
     if label.get("stress") is not None:
         results["stress"] = np.asarray(label["stress"])
@@ -115,6 +118,9 @@ class AseLabeller(Labeller):
         self.python = python or sys.executable
         self.timeout = float(timeout)
         self.env = dict(env or {})
+        #: relax each structure with the calculator itself (``with_relaxation``); not part of the
+        #: method: the labels of every ionic step are labels of the same method
+        self.relaxation: dict | None = None
         self._info = {"name": method or calculator.replace(":", "-").replace(".", "-").lower(),
                       "code": calculator, "version": None, "functional": functional,
                       "cutoff_ev": cutoff_ev, "kpoint_density": kpoint_density,
@@ -124,10 +130,23 @@ class AseLabeller(Labeller):
     def method_info(self) -> dict:
         return dict(self._info)
 
+    def with_relaxation(self, steps: int, fmax: float = 0.05, cell: bool = True,
+                        max_seconds: float | None = None) -> "AseLabeller":
+        """Relax each structure with the calculator (BFGS, cell too) for at most ``steps`` ionic
+        steps and ``max_seconds`` per structure; the label then carries every step in
+        ``trajectory`` and the last geometry in ``positions``/``cell``.  ``steps=0``: single points."""
+        if steps < 0 or fmax <= 0 or (max_seconds is not None and not max_seconds > 0):
+            raise ValidationError("relaxation needs steps >= 0, fmax > 0 and max_seconds > 0")
+        self.relaxation = ({"steps": int(steps), "fmax": float(fmax), "cell": bool(cell),
+                            "max_seconds": None if max_seconds is None else float(max_seconds)} if steps else None)
+        return self
+
     def _label_one(self, atoms) -> dict:
         request = {"calculator": self.calculator, "params": self.params,
                    "atoms": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
                              "cell": atoms.cell.array.tolist(), "pbc": [bool(x) for x in atoms.pbc]}}
+        if self.relaxation:
+            request["relax"] = self.relaxation
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **self.env}
         if Path(self.python).resolve() != Path(sys.executable).resolve():
             # a foreign interpreter must not see this venv's packages (numpy clash)
@@ -162,13 +181,27 @@ class AseLabeller(Labeller):
         info = self.method_info
         info["version"] = result.get("version")
         info["code"] = result.get("code", info["code"])
-        forces = np.asarray(result["forces"], dtype=float)
-        if forces.shape != (len(atoms), 3) or not np.isfinite(forces).all() or not np.isfinite(result["energy"]):
-            return _failure("calculator returned non-finite or misshapen results", self.method, info, seconds)
-        return {"ok": True, "energy": float(result["energy"]), "forces": forces,
-                "stress": None if result.get("stress") is None else np.asarray(result["stress"], dtype=float),
-                "method": self.method, "method_info": info, "error": None, "failure": None,
-                "seconds": round(seconds, 3)}
+        steps = result.get("trajectory") or [result]
+        trajectory = []
+        for st in steps:
+            forces = np.asarray(st["forces"], dtype=float)
+            pos = np.asarray(st.get("positions", atoms.positions), dtype=float)
+            cell = np.asarray(st.get("cell", atoms.cell.array), dtype=float)
+            stress = None if st.get("stress") is None else np.asarray(st["stress"], dtype=float)
+            if (forces.shape != (len(atoms), 3) or pos.shape != (len(atoms), 3) or cell.shape != (3, 3)
+                    or not np.isfinite(forces).all() or not np.isfinite(st["energy"]) or not np.isfinite(pos).all()
+                    or (stress is not None and not np.isfinite(stress).all())):
+                return _failure("calculator returned non-finite or misshapen results", self.method, info, seconds)
+            trajectory.append({"energy": float(st["energy"]), "forces": forces, "stress": stress,
+                               "positions": pos, "cell": cell})
+        last = trajectory[-1]
+        out = {"ok": True, "energy": last["energy"], "forces": last["forces"], "stress": last["stress"],
+               "method": self.method, "method_info": info, "error": None, "failure": None,
+               "seconds": round(seconds, 3)}
+        if result.get("trajectory"):
+            out.update(positions=last["positions"], cell=last["cell"], trajectory=trajectory,
+                       relax=result.get("relax"))
+        return out
 
 
 def _kill_group(proc) -> None:

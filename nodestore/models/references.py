@@ -80,13 +80,19 @@ class ReferenceEnergies:
             raise SchemaError(f"{path}: unreadable reference energies: {exc}") from exc
 
 
-def fit_shift(numbers_list, residuals, rcond: float = 1e-3) -> tuple[dict[str, float], dict]:
+def fit_shift(numbers_list, residuals, rcond: float = 1e-3, outlier_k: float = 5.0,
+              outlier_floor: float = 0.5) -> tuple[dict[str, float], dict]:
     """Per-element shifts ``mu`` minimising ``sum_f (r_f / n_f - sum_Z x_fZ mu_Z)^2``.
 
     ``residuals`` are total energies label - model (eV) per frame, ``x_fZ`` the
     fraction of element Z in frame f.  Singular directions below ``rcond`` times
     the largest singular value are left at zero (the model's own references).
-    Returns the shifts and a record of the fit.
+
+    Robust to a few absurd frames (a structure the model collapsed into a hole of
+    its energy surface is off by eV per atom): frames whose per-atom residual after
+    the fit exceeds ``max(outlier_floor, outlier_k * 1.4826 * MAD)`` eV/atom are
+    left out and the fit repeated (three rounds at most).  Returns the shifts and a
+    record of the fit (``outliers``: the indices left out).
     """
     sym = _symbols()
     numbers_list = [np.asarray(n, dtype=int) for n in numbers_list]
@@ -102,14 +108,25 @@ def fit_shift(numbers_list, residuals, rcond: float = 1e-3) -> tuple[dict[str, f
         for z, c in zip(zs, counts):
             x[i, col[int(z)]] = c / len(n)
     per_atom = residuals / np.array([len(n) for n in numbers_list])
-    mu, _, rank, sv = np.linalg.lstsq(x, per_atom, rcond=rcond)
-    after = per_atom - x @ mu
+    keep = np.isfinite(per_atom)
+    threshold = outlier_floor
+    for _ in range(3):
+        mu, _, rank, sv = np.linalg.lstsq(x[keep], per_atom[keep], rcond=rcond)
+        res = per_atom - x @ mu
+        r = res[keep]
+        threshold = max(outlier_floor, outlier_k * 1.4826 * float(np.median(np.abs(r - np.median(r)))))
+        new = np.isfinite(per_atom) & (np.abs(res) <= threshold)
+        if new.sum() < max(1, len(per_atom) // 2) or np.array_equal(new, keep):
+            break
+        keep = new
+    after = (per_atom - x @ mu)[keep]
     compositions = {tuple(row) for row in np.round(x, 6)}
     record = {
         "n_frames": int(len(per_atom)), "n_compositions": len(compositions), "elements": [sym[z] for z in elements],
         "rank": int(rank), "determined": bool(rank == len(elements)),
-        "rmse_before_per_atom": float(np.sqrt(np.mean(per_atom ** 2))),
+        "rmse_before_per_atom": float(np.sqrt(np.mean(per_atom[keep] ** 2))),
         "rmse_after_per_atom": float(np.sqrt(np.mean(after ** 2))),
-        "mean_residual_per_atom": float(np.mean(per_atom)),
+        "mean_residual_per_atom": float(np.mean(per_atom[keep])),
+        "outliers": [int(i) for i in np.nonzero(~keep)[0]], "outlier_threshold_per_atom": float(threshold),
     }
     return {sym[z]: float(v) for z, v in zip(elements, mu)}, record
