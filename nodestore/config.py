@@ -69,9 +69,13 @@ def write_yaml(path: Path, doc: dict, schema: str) -> None:
     validate(doc, schema, where=str(path))
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(doc, fh, sort_keys=False)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(doc, fh, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def default_params() -> dict:

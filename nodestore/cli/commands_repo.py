@@ -35,10 +35,10 @@ def import_(ctx, files, method, origin, fmt, min_distance, message):
     """Import structure FILES as one commit (all or nothing)."""
     node = open_node(ctx)
     r = node.import_files(files, method=method, message=message, origin=origin, format=fmt, min_distance=min_distance)
-    if r["new"] == 0:
-        click.echo(f"read {r['read']} frames: all already in the node, nothing committed")
+    if r.new == 0:
+        click.echo(f"read {r.read} frames: all already in the node, nothing committed")
     else:
-        click.echo(f"read {r['read']} frames, {r['new']} new, segment {r['segment'][:12]}, commit {r['commit'][:10]}")
+        click.echo(f"read {r.read} frames, {r.new} new, segment {r.segment[:12]}, commit {r.commit[:10]}")
 
 
 @main.command()
@@ -142,7 +142,7 @@ def diff(ctx, rev_a, rev_b, as_json):
 def checkout(ctx, rev, force):
     """Move the node (data and checkpoints) to branch, tag or commit REV."""
     r = open_node(ctx).checkout(rev, force=force)
-    click.echo(f"at {r['commit'][:10]}" + (f" on branch {r['branch']}" if r["branch"] else " (detached)"))
+    click.echo(f"at {r.commit[:10]}" + (f" on branch {r.branch}" if r.branch else " (detached)"))
 
 
 @main.command()
@@ -239,12 +239,12 @@ def merge(ctx, rev, prefer, allow_extend, message, as_json):
     if as_json:
         echo_json(r)
         return
-    if r["result"] != "merged":
-        click.echo(f"{r['result']}: {r['commit'][:10]}")
+    if r.result != "merged":
+        click.echo(f"{r.result}: {r.commit[:10]}")
         return
-    click.echo(f"merged {rev} as {r['commit'][:10]}: {r['rows_from_theirs']} rows from theirs, "
-               f"{r['rows_on_both_sides']} on both sides kept once, {r['entries_linked']} entries linked, "
-               f"{r['conflicts_resolved']} conflicts resolved")
+    click.echo(f"merged {rev} as {r.commit[:10]}: {r.rows_from_theirs} rows from theirs, "
+               f"{r.rows_on_both_sides} on both sides kept once, {r.entries_linked} entries linked, "
+               f"{r.conflicts_resolved} conflicts resolved")
 
 
 @main.command()

@@ -130,7 +130,7 @@ def classify(ctx, all_rows, message, as_json):
     if as_json:
         echo_json(r)
         return
-    click.echo(f"classified {r['classified']} rows {r.get('novelty', '')}; hull: {r['hull']}")
+    click.echo(f"classified {r.classified} rows {r.novelty or ''}; hull: {r.hull}")
 
 
 @main.command()
@@ -169,8 +169,8 @@ def label(ctx, files, labeller, no_primitive, origin, message, as_json):
     if as_json:
         echo_json(r)
         return
-    click.echo(f"labelled {r['labelled']} with {r['method']}" + (f", commit {r['commit'][:10]}" if r["commit"] else ""))
-    for f in r["failures"]:
+    click.echo(f"labelled {r.labelled} with {r.method}" + (f", commit {r.commit[:10]}" if r.commit else ""))
+    for f in r.failures:
         click.echo(f"  failed: {f['formula']} ({f['source']}): {f['error']}", err=True)
 
 
@@ -200,9 +200,9 @@ def iterate(ctx, run_, message, as_json):
     if as_json:
         echo_json(r)
         return
-    if r["added"]:
-        click.echo(f"added iteration {r['added']}" + ("" if run_ else "; run `dvc repro`, then `nodestore commit`"))
-    for c in r.get("committed", []):
+    if r.added:
+        click.echo(f"added iteration {r.added}" + ("" if run_ else "; run `dvc repro`, then `nodestore commit`"))
+    for c in r.committed:
         click.echo(f"iteration {c['iteration']} committed as {c['commit'][:10]} (tag iter-{c['iteration']})")
 
 

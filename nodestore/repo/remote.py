@@ -104,6 +104,7 @@ def remote_add(node, name: str, url: str, git_url: str | None = None, dvc_url: s
     from .checkout import _check_name
 
     _check_name(name, "remote")
+    url = str(url)
     if name in node.git.remotes.names():
         raise RevisionError(f"remote {name!r} already exists")
     local = _local_path(url)
@@ -452,10 +453,8 @@ def pull(node, remote: str = "origin", branch: str | None = None, prefer: str | 
     if head.id == theirs.id or repo.descendant_of(head.id, theirs.id):
         return {**out, "result": "up to date"}
     if repo.descendant_of(theirs.id, head.id):
-        with git.git_errors(f"fast-forward {current}"):
-            repo.checkout_tree(theirs, strategy=pygit2.enums.CheckoutStrategy.FORCE)
-            repo.references[f"refs/heads/{current}"].set_target(theirs.id, f"pull: fast-forward to {got['ref']}")
-        dvc.checkout(node.path, force=True)
+        with node.transaction(f"pull: fast-forward to {got['ref']}", worktree=True) as tx:
+            tx.move_worktree(theirs, fast_forward=True)
         return {**out, "result": "fast-forward"}
     base = repo.merge_base(head.id, theirs.id)
     if base is not None:
@@ -482,7 +481,8 @@ def clone(cls, url, path, branch: str | None = None):
     import pygit2
 
     from . import dvc, git
-    from .node import NODE_YAML
+    from .paths import NODE_YAML
+    from .transaction import check_tree
 
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -510,6 +510,7 @@ def clone(cls, url, path, branch: str | None = None):
                     raise RevisionError(f"remote {url} has no branch {branch!r}") from None
                 raise
         node = cls(path)
+        check_tree(node.git, git.head_commit(node.git))  # before anything is written through the tree
         if not (node.path / NODE_YAML).exists():
             raise ValidationError(f"{url} does not hold a nodestore node (no {NODE_YAML})")
         with node_lock(node.state_dir):
