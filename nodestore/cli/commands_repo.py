@@ -258,6 +258,33 @@ def extend(ctx, elements, to, message):
     click.echo(f"{new.name} node at {new.path}: {len(new.table)} frames carried")
 
 
+@main.command()
+@click.option("--repair", is_flag=True, help="Repair what is safe: finish or roll back an interrupted transaction, "
+              "drop temporary files, fetch corrupted or missing objects again (with --remote).")
+@click.option("--remote", "remote_name", default=None, metavar="NAME",
+              help="Also check what remote NAME holds for each branch; fetch repairs from it.")
+@JSON_OPTION
+@click.pass_context
+def fsck(ctx, repair, remote_name, as_json):
+    """Check the node: git objects and refs, the manifest, every object and checkpoint against its hash.
+
+    Exit 0 when clean (or every problem was repaired), 7 otherwise.
+    """
+    from nodestore.errors import IntegrityError
+
+    r = open_node(ctx).fsck(repair=repair, remote=remote_name)
+    if as_json:
+        echo_json({"checked": r.checked, "clean": r.clean, "repaired": r.repaired, "problems": r.problems})
+    else:
+        for p in r.problems:
+            state = "repaired" if p.repaired else "problem"
+            click.echo(f"{state}: [{p.kind}] {p.what}: {p.message}" + ("" if p.repaired else f"\n  fix: {p.fix}"))
+        click.echo(f"checked {r.checked} items: " + ("clean" if r.clean else
+                   f"{sum(1 for p in r.problems if not p.repaired)} problem(s)"))
+    if not r.clean:
+        raise IntegrityError(f"fsck found {sum(1 for p in r.problems if not p.repaired)} problem(s)")
+
+
 # -- remotes: remote add/list, push, fetch, pull, clone ------------------------
 
 @main.group("remote")

@@ -78,13 +78,13 @@ def _check_state(node, rep: _Report, repair: bool) -> None:
         if not done:
             return
     rep.checked += 1
+    temp = _temp_files(node)  # before a recovery, which drops them too
     if journal_path(node).is_file():
         outcome = recover(node) if repair else None
         rep.add("journal", str(journal_path(node).relative_to(node.path)),
                 "an interrupted transaction (its writer died) is not finished" + (f": {outcome}" if outcome else ""),
                 "run `nodestore fsck --repair` (or any nodestore command): it is rolled forward or back",
                 outcome is not None)
-    temp = [rel for rel in _temp_files(node)]
     if temp:
         if repair:
             drop_temp_files(node)

@@ -317,7 +317,12 @@ def push(node, remote: str = "origin", branch: str | None = None) -> dict:
                 walker.hide(repo[oid].peel(pygit2.Commit).id)
             except (pygit2.GitError, ValueError):
                 pass
-    revs = [str(c.id) for c in walker]
+    commits = list(walker)
+    revs = [str(c.id) for c in commits]
+    # every object sent is hashed first: a corrupted local object fails the push before any ref moves
+    seen: set = set()
+    for c in commits:
+        verify_commit(node.path, repo, c, remove=False, seen=seen)
     local_objects = _local_path(_dvc_url(node, remote) or "")
     before = _dir_bytes(local_objects)
     objects = dvc.push(node.path, dvc_remote, revs=revs) if revs else 0

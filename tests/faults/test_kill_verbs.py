@@ -37,6 +37,7 @@ def test_killed_import_rolls_back_and_reruns(node, tmp_path, point):
     assert str(node.git.head.target) == head
     assert files_of(node) == before and len(node.table) == 0
     assert node.status()["clean"] and not (node.state_dir / "journal.json").exists()
+    assert node.fsck().problems == []
     rc, out = run(node.path, "import", *REFERENCE_FILES, "-m", "refs")
     assert rc == 0 and "5 new" in out, out
     node = Node.open(node.path)
@@ -50,7 +51,7 @@ def test_killed_import_after_its_commit_object_rolls_forward(node, tmp_path):
     node = Node.open(node.path)
     log = node.log()
     assert log[0]["message"] == "refs" and log[1]["commit"] == head
-    assert len(node.table_at("HEAD")) == 5 and node.status()["clean"]
+    assert len(node.table_at("HEAD")) == 5 and node.status()["clean"] and node.fsck().problems == []
     rc, out = run(node.path, "import", *REFERENCE_FILES, "-m", "again")
     assert rc == 0 and "nothing committed" in out
 
@@ -79,7 +80,7 @@ def test_killed_merge_leaves_the_node_as_it_was(node, tmp_path):
     kill_at(node.path, "tx:written", "merge", "a", pause_file=tmp_path / "p")
     node = Node.open(node.path)
     assert str(node.git.head.target) == head and files_of(node) == before
-    assert node.status()["clean"] and len(node.table) == 51
+    assert node.status()["clean"] and len(node.table) == 51 and node.fsck().problems == []
     rc, out = run(node.path, "merge", "a")
     assert rc == 0 and "merged a" in out, out
     node = Node.open(node.path)
@@ -153,6 +154,7 @@ def test_killed_checkout_is_undone(node, tmp_path):
     node = Node.open(node.path)
     assert str(node.git.head.target) == head and node.git.head.shorthand == "main"
     assert files_of(node) == before and len(node.table) == 205 and node.status()["clean"]
+    assert node.fsck().problems == []
 
 
 def test_exception_inside_a_transaction_restores_every_file(node, tmp_path):
