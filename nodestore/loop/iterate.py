@@ -1,6 +1,6 @@
 """Advancing the loop: add an iteration, ``dvc repro``, and commit what it made.
 
-``nodestore iterate`` appends ``{k, prev}`` to ``loop.iterations`` in
+``nodestore iterate`` adds ``"k": {prev: k-1}`` to ``loop.iterations`` in
 params.yaml (the first time it also pins iteration 0: the table manifest and
 the current checkpoints).  ``dvc repro`` then runs only the new stages.
 ``nodestore commit`` (or ``iterate --run``, which does all three) absorbs every
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nodestore.config import with_defaults
+from nodestore.config import iterations, with_defaults
 from nodestore.errors import NodestoreError
 from nodestore.repo.results import IterateResult, IterationCommit
 
@@ -34,7 +34,38 @@ def _tagged(node, k: int) -> bool:
 
 def pending(node) -> list[int]:
     """Iterations listed in params.yaml and not yet committed (no iter-k tag)."""
-    return [it["k"] for it in node.params["loop"]["iterations"] if not _tagged(node, it["k"])]
+    return [k for k in iterations(node.params) if not _tagged(node, k)]
+
+
+def migrate_loop(tx) -> bool:
+    """Migrate a node whose ``loop.iterations`` is a list (stages named by list index, one off from k)
+    to the mapping keyed by k: params.yaml, dvc.yaml and dvc.lock's stage names, through ``tx``."""
+    import yaml
+
+    from .pipeline import dvc_yaml
+
+    node = tx.node
+    params = node.params
+    its = params["loop"]["iterations"]
+    if not isinstance(its, list):
+        return False
+    ks = [int(it["k"]) for it in its]
+    params["loop"]["iterations"] = {str(it["k"]): {"prev": int(it["prev"])} for it in its}
+    tx.write_params(params)
+    if (node.path / "dvc.yaml").exists():
+        tx.write_text("dvc.yaml", dvc_yaml())
+    lock = node.path / "dvc.lock"
+    if lock.exists():
+        doc = yaml.safe_load(lock.read_text()) or {}
+        stages = {}
+        for name, body in (doc.get("stages") or {}).items():
+            base, at, idx = name.partition("@")
+            if at and idx.isdigit() and int(idx) < len(ks):
+                name = f"{base}@{ks[int(idx)]}"
+            stages[name] = body
+        doc["stages"] = stages
+        tx.write_text("dvc.lock", yaml.safe_dump(doc, sort_keys=False))
+    return True
 
 
 def _seed(tx) -> None:
@@ -59,18 +90,21 @@ def iterate(node, run: bool = False, message: str | None = None) -> IterateResul
     """Add the next iteration to params.yaml (unless one is pending); with ``run``, reproduce and commit it."""
     added = None
     with node.transaction("iterate") as tx:  # the lock first: a refused iterate writes nothing
+        migrated = migrate_loop(tx)
         todo = pending(node)
         if not todo:
             params = with_defaults(node.params)
             its = params["loop"]["iterations"]
-            k = (its[-1]["k"] + 1) if its else 1
+            k = max(iterations(params), default=0) + 1
             if not its and not (iter_dir(node, 0) / "table.json").exists():
                 _seed(tx)
-            its.append({"k": k, "prev": k - 1})
+            its[str(k)] = {"prev": k - 1}
             tx.write_params(params)
             tx.message = f"iterate: add iteration {k}"
             added = k
             todo = [k]
+        elif migrated:
+            tx.message = "iterate: key loop.iterations by k (DVC stages stage@k are iteration k)"
         else:
             tx.cancel()
     committed = []

@@ -40,7 +40,7 @@ def extend(node, elements, to, message: str | None = None):
         if (node.path / name).exists():
             files[name] = (node.path / name).read_text()
     params = read_yaml(node.path / "params.yaml", "params")
-    params["loop"] = {"iterations": []}  # the new node starts its own loop
+    params["loop"] = {"iterations": {}}  # the new node starts its own loop
     new = type(node).init(union, to, reference_method=cfg["reference_method"], params=params, lineage=lineage,
                           files=files, message=f"init {system_name(union)} node, extended from {node.name}")
     # carry the data and the checkpoints, as one transaction of the new node

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from nodestore.config import parse_system, read_yaml, system_name
-from nodestore.errors import NotANodeError, ValidationError
+from nodestore.errors import NotANodeError, SchemaError, ValidationError
 
 from .paths import CURRENT_MODELS, MODELS_DIR, NODE_YAML, PARAMS_YAML, STATE_DIR, TABLE_DIR  # noqa: F401
 
@@ -78,7 +78,10 @@ class Node:
 
     @property
     def system(self) -> list[str]:
-        return parse_system(self.config["system"])
+        try:
+            return parse_system(self.config["system"])
+        except ValidationError as exc:
+            raise SchemaError(f"{self.path / NODE_YAML}: system: {exc}") from None
 
     @property
     def name(self) -> str:

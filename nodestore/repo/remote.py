@@ -212,6 +212,8 @@ def _fetch_objects(node, remote: str, commits: list) -> int:
 
     try:
         n = dvc.fetch(node.path, remote, revs=[str(c.id) for c in commits])
+    except IntegrityError:
+        raise  # an object on the remote does not parse or hash right: that is the message
     except NodestoreError:
         # a failed download: name the object that is missing or bad, if we can
         for c in commits:
