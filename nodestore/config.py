@@ -15,7 +15,7 @@ SCHEMA_VERSION = 1
 DEFAULT_PARAMS: dict = {
     "schema_version": SCHEMA_VERSION,
     "import": {"min_distance": 0.5},
-    "loop": {"iterations": []},
+    "loop": {"iterations": {}},
     "generate": {"n": 24, "max_atoms": 16},
     "screen": {"fmax": 0.1, "steps": 60, "relax_cell": True},
     "select": {"n_lowest": 2, "n_diverse": 1, "n_uncertain": 1, "max_atoms": 16},
@@ -68,9 +68,13 @@ def write_yaml(path: Path, doc: dict, schema: str) -> None:
     validate(doc, schema, where=str(path))
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(doc, fh, sort_keys=False)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(doc, fh, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def default_params() -> dict:
@@ -83,3 +87,16 @@ def with_defaults(params: dict) -> dict:
     for key, value in DEFAULT_PARAMS.items():
         out.setdefault(key, copy.deepcopy(value))
     return out
+
+
+def iterations(params: dict) -> dict[int, int]:
+    """params.yaml's ``loop.iterations`` as ``{k: prev}``, in order.
+
+    The mapping form ``{"1": {"prev": 0}, ...}`` is current (DVC's foreach then
+    names ``stage@k`` iteration k); the list form ``[{k: 1, prev: 0}, ...]`` of
+    older nodes is read too (``nodestore iterate`` migrates it).
+    """
+    its = ((params or {}).get("loop") or {}).get("iterations") or {}
+    if isinstance(its, list):
+        return {int(it["k"]): int(it["prev"]) for it in its}
+    return {int(k): int(v["prev"]) for k, v in its.items()}

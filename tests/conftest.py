@@ -33,3 +33,24 @@ def aimd_atoms():
     from nodestore.frames.io import read_file
 
     return read_file(AIMD)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--large", action="store_true",
+                     help="run the fault and fuzz suites at full count (100 kills per verb, 2,000 inputs per parser)")
+
+
+def pytest_configure(config):
+    try:
+        from hypothesis import settings
+    except ImportError:
+        return
+    settings.register_profile("small", max_examples=25)
+    settings.register_profile("large", max_examples=2000)
+    settings.load_profile("large" if config.getoption("--large") else "small")
+
+
+@pytest.fixture
+def kills(request):
+    """How many random kills a fault test makes: a few by default, 100 with --large."""
+    return 100 if request.config.getoption("--large") else 3

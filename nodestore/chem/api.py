@@ -279,14 +279,37 @@ _CMP = {ast.Eq: np.equal, ast.NotEq: np.not_equal, ast.Lt: np.less, ast.LtE: np.
         ast.Gt: np.greater, ast.GtE: np.greater_equal}
 
 
+MAX_QUERY = 4000  # characters
+MAX_QUERY_DEPTH = 100  # nested operations
+
+
+def _depth(tree) -> int:
+    """Nesting depth of an AST, without recursion."""
+    best, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        best = max(best, d)
+        if d > MAX_QUERY_DEPTH:
+            return d
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(node))
+    return best
+
+
 def parse_query(expr: str) -> ast.Expression:
     """Parse and check a query; raise ValidationError naming what is not allowed."""
     if not isinstance(expr, str) or not expr.strip():
         raise ValidationError("empty query")
+    if len(expr) > MAX_QUERY:
+        raise ValidationError(f"query of {len(expr)} characters (at most {MAX_QUERY})")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ValidationError(f"bad query {expr!r}: {exc.msg}") from None
+        raise ValidationError(f"bad query {expr[:60]!r}: {exc.msg}") from None
+    except (MemoryError, RecursionError):
+        raise ValidationError(f"bad query {expr[:60]!r}...: nested too deeply") from None
+    depth = _depth(tree)
+    if depth > MAX_QUERY_DEPTH:
+        raise ValidationError(f"bad query {expr[:60]!r}...: nested {depth} deep (at most {MAX_QUERY_DEPTH})")
     allowed = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
                ast.Compare, ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple, ast.In, ast.NotIn,
                *_CMP)

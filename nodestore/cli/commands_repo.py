@@ -35,10 +35,10 @@ def import_(ctx, files, method, origin, fmt, min_distance, message):
     """Import structure FILES as one commit (all or nothing)."""
     node = open_node(ctx)
     r = node.import_files(files, method=method, message=message, origin=origin, format=fmt, min_distance=min_distance)
-    if r["new"] == 0:
-        click.echo(f"read {r['read']} frames: all already in the node, nothing committed")
+    if r.new == 0:
+        click.echo(f"read {r.read} frames: all already in the node, nothing committed")
     else:
-        click.echo(f"read {r['read']} frames, {r['new']} new, segment {r['segment'][:12]}, commit {r['commit'][:10]}")
+        click.echo(f"read {r.read} frames, {r.new} new, segment {r.segment[:12]}, commit {r.commit[:10]}")
 
 
 @main.command()
@@ -142,7 +142,7 @@ def diff(ctx, rev_a, rev_b, as_json):
 def checkout(ctx, rev, force):
     """Move the node (data and checkpoints) to branch, tag or commit REV."""
     r = open_node(ctx).checkout(rev, force=force)
-    click.echo(f"at {r['commit'][:10]}" + (f" on branch {r['branch']}" if r["branch"] else " (detached)"))
+    click.echo(f"at {r.commit[:10]}" + (f" on branch {r.branch}" if r.branch else " (detached)"))
 
 
 @main.command()
@@ -248,12 +248,12 @@ def merge(ctx, rev, prefer, allow_extend, message, as_json):
     if as_json:
         echo_json(r)
         return
-    if r["result"] != "merged":
-        click.echo(f"{r['result']}: {r['commit'][:10]}")
+    if r.result != "merged":
+        click.echo(f"{r.result}: {r.commit[:10]}")
         return
-    click.echo(f"merged {rev} as {r['commit'][:10]}: {r['rows_from_theirs']} rows from theirs, "
-               f"{r['rows_on_both_sides']} on both sides kept once, {r['entries_linked']} entries linked, "
-               f"{r['conflicts_resolved']} conflicts resolved")
+    click.echo(f"merged {rev} as {r.commit[:10]}: {r.rows_from_theirs} rows from theirs, "
+               f"{r.rows_on_both_sides} on both sides kept once, {r.entries_linked} entries linked, "
+               f"{r.conflicts_resolved} conflicts resolved")
 
 
 @main.command()
@@ -265,6 +265,33 @@ def extend(ctx, elements, to, message):
     """Make a node for this system plus ELEMENTS at --to, carrying data and checkpoints."""
     new = open_node(ctx).extend("-".join(elements), to, message=message)
     click.echo(f"{new.name} node at {new.path}: {len(new.table)} frames carried")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Repair what is safe: finish or roll back an interrupted transaction, "
+              "drop temporary files, fetch corrupted or missing objects again (with --remote).")
+@click.option("--remote", "remote_name", default=None, metavar="NAME",
+              help="Also check what remote NAME holds for each branch; fetch repairs from it.")
+@JSON_OPTION
+@click.pass_context
+def fsck(ctx, repair, remote_name, as_json):
+    """Check the node: git objects and refs, the manifest, every object and checkpoint against its hash.
+
+    Exit 0 when clean (or every problem was repaired), 7 otherwise.
+    """
+    from nodestore.errors import IntegrityError
+
+    r = open_node(ctx).fsck(repair=repair, remote=remote_name)
+    if as_json:
+        echo_json({"checked": r.checked, "clean": r.clean, "repaired": r.repaired, "problems": r.problems})
+    else:
+        for p in r.problems:
+            state = "repaired" if p.repaired else "problem"
+            click.echo(f"{state}: [{p.kind}] {p.what}: {p.message}" + ("" if p.repaired else f"\n  fix: {p.fix}"))
+        click.echo(f"checked {r.checked} items: " + ("clean" if r.clean else
+                   f"{sum(1 for p in r.problems if not p.repaired)} problem(s)"))
+    if not r.clean:
+        raise IntegrityError(f"fsck found {sum(1 for p in r.problems if not p.repaired)} problem(s)")
 
 
 # -- remotes: remote add/list, push, fetch, pull, clone ------------------------

@@ -131,9 +131,9 @@ def classify(ctx, all_rows, message, as_json):
     if as_json:
         echo_json(r)
         return
-    rl = r["relaxed_labels"]
-    click.echo(f"classified {r['classified']} rows {r.get('novelty', '')}; hull: {r['hull']}; "
-               f"{rl['relaxed']} of {rl['labels']} labels relaxed by the labeller (query: relax_step > 0)")
+    rl = r.relaxed_labels
+    click.echo(f"classified {r.classified} rows {r.novelty or ''}; hull: {r.hull}; "
+               f"{rl.get('relaxed', 0)} of {rl.get('labels', 0)} labels relaxed by the labeller (query: relax_step > 0)")
 
 
 @main.command()
@@ -172,8 +172,8 @@ def label(ctx, files, labeller, no_primitive, origin, message, as_json):
     if as_json:
         echo_json(r)
         return
-    click.echo(f"labelled {r['labelled']} with {r['method']}" + (f", commit {r['commit'][:10]}" if r["commit"] else ""))
-    for f in r["failures"]:
+    click.echo(f"labelled {r.labelled} with {r.method}" + (f", commit {r.commit[:10]}" if r.commit else ""))
+    for f in r.failures:
         click.echo(f"  failed: {f['formula']} ({f['source']}): {f['error']}", err=True)
 
 
@@ -241,9 +241,9 @@ def iterate(ctx, run_, message, as_json):
     if as_json:
         echo_json(r)
         return
-    if r["added"]:
-        click.echo(f"added iteration {r['added']}" + ("" if run_ else "; run `dvc repro`, then `nodestore commit`"))
-    for c in r.get("committed", []):
+    if r.added:
+        click.echo(f"added iteration {r.added}" + ("" if run_ else "; run `dvc repro`, then `nodestore commit`"))
+    for c in r.committed:
         click.echo(f"iteration {c['iteration']} committed as {c['commit'][:10]} (tag iter-{c['iteration']})")
 
 

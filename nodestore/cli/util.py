@@ -43,6 +43,10 @@ def echo_json(doc) -> None:
 
 
 def _default(o):
+    import dataclasses
+
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
     try:
         import numpy as np
 

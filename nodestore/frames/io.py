@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,39 @@ def _ase_read(fmt: str):
     return read
 
 
+_CIF_LENGTH = re.compile(r"^\s*_cell_length_([abc])\s+(\S+)", re.MULTILINE)
+
+
 def _read_cif(path: Path) -> list:
-    images = _ase_read("cif")(path)
+    raw = path.read_bytes()
+    text = raw.decode("utf-8-sig", errors="replace")
+    for axis, value in _CIF_LENGTH.findall(text):
+        try:
+            length = float(value.split("(")[0])
+        except ValueError:
+            raise ValidationError(f"{path}: _cell_length_{axis} {value!r} is not a number") from None
+        if not length > 0 or not np.isfinite(length):
+            raise ValidationError(f"{path}: _cell_length_{axis} is {value}: a cell length must be a positive, finite number")
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark: ASE's reader wants plain text
+        import io
+
+        from ase.io import read as ase_read
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            images = ase_read(io.StringIO(text), index=":", format="cif")
+        images = images if isinstance(images, list) else [images]
+    else:
+        images = _ase_read("cif")(path)
+    for i, a in enumerate(images):
+        for site, occ in (a.info.get("occupancy") or {}).items():
+            for sym, x in (occ or {}).items():
+                try:
+                    x = float(x)
+                except (TypeError, ValueError):
+                    x = float("nan")
+                if not (0 < x <= 1 + 1e-6):
+                    raise ValidationError(f"{path} frame {i}: occupancy {x} of {sym} at site {site} is not in (0, 1]")
     for a in images:
         # ASE keeps CIF occupancies in info; they are not frame metadata
         for k in [k for k in a.info if k not in ("method", "origin", "source")]:
@@ -49,20 +81,73 @@ def _read_cif(path: Path) -> list:
     return images
 
 
+def _check_poscar_counts(path: Path) -> None:
+    """The atom counts of a POSCAR against the hard limit and the lines that follow them."""
+    from .validate import MAX_ATOMS
+
+    with open(path, "rt", errors="replace") as fh:
+        lines = fh.read().splitlines()
+    for i in (5, 6):  # VASP 5 has a line of symbols before the counts
+        if i >= len(lines):
+            return
+        words = lines[i].split()
+        if words and all(w.lstrip("-").isdigit() for w in words):
+            counts = [int(w) for w in words]
+            if any(c < 0 for c in counts) or sum(counts) > MAX_ATOMS:
+                raise ValidationError(f"{path}: atom counts {counts} (each at least 0, at most {MAX_ATOMS} in all)")
+            if sum(counts) > len(lines) - i - 1:
+                raise ValidationError(f"{path}: says {sum(counts)} atoms but only {len(lines) - i - 1} lines follow")
+            return
+
+
 def _read_vasp(path: Path) -> list:
+    _check_poscar_counts(path)
     return _ase_read("vasp")(path)
+
+
+def _check_xyz_counts(path: Path) -> None:
+    """Every frame's atom-count line against the lines the file holds (before a parser trusts it)."""
+    from .validate import MAX_ATOMS
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", errors="replace") as fh:
+        total = sum(1 for _ in fh)
+    with opener(path, "rt", errors="replace") as fh:
+        line_no, frame = 0, 0
+        for line in fh:
+            line_no += 1
+            if not line.strip():
+                continue
+            try:
+                n = int(line.split()[0])
+            except ValueError:
+                raise ValidationError(f"{path}: line {line_no}: expected the atom count of frame {frame}, "
+                                      f"got {line.strip()[:40]!r}") from None
+            if n < 0 or n > MAX_ATOMS:
+                raise ValidationError(f"{path} frame {frame}: {n} atoms (at most {MAX_ATOMS} per frame)")
+            if n + 1 > total - line_no:
+                raise ValidationError(f"{path} frame {frame}: says {n} atoms but only {total - line_no - 1} "
+                                      "lines follow")
+            for _ in range(n + 1):
+                next(fh)
+            line_no += n + 1
+            frame += 1
 
 
 def _read_extxyz(path: Path) -> list:
     from ase.calculators.singlepoint import SinglePointCalculator
 
+    _check_xyz_counts(path)
     images = _ase_read("extxyz")(path)
     out = []
     for a in images:
         results = dict(a.calc.results) if a.calc is not None else {}
         for key in ("energy", "free_energy"):
             if key in a.info and "energy" not in results:
-                results["energy"] = float(a.info.pop(key))
+                try:
+                    results["energy"] = float(a.info.pop(key))
+                except (TypeError, ValueError):
+                    raise ValidationError(f"{path}: {key}= is not a number") from None
         if "forces" in a.arrays and "forces" not in results:
             results["forces"] = a.arrays.pop("forces")
         if "stress" in a.info and "stress" not in results:
@@ -160,12 +245,17 @@ def read_file(path, format: str | None = None) -> list:
         images = fmt.read(path)
     except ValidationError:
         raise
+    except (MemoryError, RecursionError):
+        raise ValidationError(f"{path}: cannot read as {fmt.name}: the file asks for more than can be built") from None
     except Exception as exc:  # parsers raise anything; the user gets one line
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValidationError(f"{path}: cannot read as {fmt.name}: {msg}") from None
     if not images:
         raise ValidationError(f"{path}: no structures found")
+    from .validate import check_geometry
+
     for i, a in enumerate(images):
+        check_geometry(a.numbers, a.positions, np.asarray(a.cell), a.pbc, f"{path} frame {i}")
         _check_labels(a, f"{path} frame {i}")
         a.info.setdefault("source", path.name)
     return images
@@ -177,9 +267,12 @@ def _check_labels(atoms, where: str) -> None:
     results = getattr(atoms.calc, "results", None) or {}
     for key in ("energy", "free_energy", "forces", "stress"):
         if key in results and results[key] is not None:
-            value = np.asarray(results[key], dtype=float)
+            name = "energy" if key == "free_energy" else key
+            try:
+                value = np.asarray(results[key], dtype=float)
+            except (TypeError, ValueError):
+                raise ValidationError(f"{where}: {name} is not a number ({str(results[key])[:40]!r})") from None
             if not np.isfinite(value).all():
-                name = "energy" if key == "free_energy" else key
                 raise ValidationError(f"{where}: {name} is not a finite number")
 
 

@@ -121,6 +121,16 @@ class FrameTable:
             self._overlay = (values, deleted)
         return self._overlay
 
+    def overlay(self) -> tuple[dict, set]:
+        """The mutable columns set per row key, and the deleted keys (copies)."""
+        values, deleted = self._load_overlay()
+        return {k: dict(v) for k, v in values.items()}, set(deleted)
+
+    def segment_of(self, row: int) -> str:
+        """The id of the segment that holds live row ``row``."""
+        seg_pos, _ = self._live()
+        return self.manifest["segments"][int(seg_pos[row])]["id"]
+
     # -- index of live rows ---------------------------------------------
     def _live(self):
         if self._index is None:
@@ -308,6 +318,60 @@ class FrameTable:
         manifest = dict(self.manifest)
         manifest["segments"] = [*self.manifest["segments"], {"id": seg_id, "rows": rows, "atoms": atoms}]
         self._commit_manifest(manifest)
+
+    def adopt(self, other: "FrameTable", ids: Sequence[str] | None = None, overlay: bool = False) -> list[str]:
+        """List segments ``ids`` (all by default) of table ``other`` here, copying their files.
+
+        Segments are content-addressed, so a copy is the same segment.  With
+        ``overlay``, ``other``'s overlay is taken too (for a table that has none).
+        """
+        import shutil
+
+        wanted = list(other.segment_ids) if ids is None else list(ids)
+        by_id = {s["id"]: s for s in other.manifest["segments"]}
+        seg_dir = self.path / "segments"
+        seg_dir.mkdir(exist_ok=True)
+        added = []
+        for sid in wanted:
+            if sid in self.segment_ids or sid in added:
+                continue
+            src = other.path / "segments" / f"{sid}{SEGMENT_SUFFIX}"
+            dest = seg_dir / src.name
+            if not dest.exists():
+                tmp = seg_dir / f".tmp-{src.name}"
+                shutil.copyfile(src, tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+            added.append(sid)
+        manifest = dict(self.manifest)
+        manifest["segments"] = [*self.manifest["segments"],
+                                *({"id": s, "rows": by_id[s]["rows"], "atoms": by_id[s]["atoms"]} for s in added)]
+        oid = other.manifest.get("overlay")
+        if overlay and oid and not self.manifest.get("overlay"):
+            src = other.path / "overlays" / f"{oid}{SEGMENT_SUFFIX}"
+            (self.path / "overlays").mkdir(exist_ok=True)
+            dest = self.path / "overlays" / src.name
+            if not dest.exists():
+                tmp = dest.with_name(f".tmp-{src.name}")
+                shutil.copyfile(src, tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+            manifest["overlay"] = oid
+        if added or manifest.get("overlay") != self.manifest.get("overlay"):
+            self._commit_manifest(manifest)
+        return added
+
+    def update_rows(self, rows: dict[str, dict], delete: Sequence[str] = ()) -> None:
+        """Set mutable columns row by row (``{row key: {column: value}}``) and drop rows ``delete``,
+        as one new overlay."""
+        over, deleted = self._load_overlay()
+        over = {k: dict(v) for k, v in over.items()}
+        for k, row in rows.items():
+            for name in row:
+                if name not in MUTABLE:
+                    raise ValidationError(f"column {name!r} is not mutable (mutable: {', '.join(MUTABLE)})")
+            over.setdefault(k, {}).update({c: coerce(c, [v])[0] for c, v in row.items()})
+        self._write_overlay(over, set(deleted) | set(delete))
 
     def annotate(self, keys: Sequence[str], values: dict[str, Sequence], delete: Sequence[str] = ()) -> None:
         """Set mutable columns for the rows ``keys`` (row keys), and drop rows ``delete``.

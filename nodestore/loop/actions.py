@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from nodestore.errors import NodestoreError, ValidationError
+from nodestore.repo.results import Result
 
 
 def _read(files) -> list:
@@ -40,7 +41,8 @@ def label_files(node, files, labeller: str | None = None, message: str | None = 
     from nodestore.frames import FrameBatch
     from nodestore.frames.validate import Rules, validate_batch
 
-    from nodestore.repo.methods import check_method, record_method
+    from nodestore.repo.methods import check_method
+    from nodestore.repo.results import LabelResult
 
     from .stages import apply_labeller, load_labeller
 
@@ -58,15 +60,16 @@ def label_files(node, files, labeller: str | None = None, message: str | None = 
         lab = load_labeller(node)
     check_method(node, lab.method_info)  # before any compute
     good, failures, method_info = apply_labeller(node, lab, images, {"origin": origin})
-    out = {"labelled": len(good), "failures": failures, "method": lab.method, "commit": None}
+    commit = None
     if good:
         batch = FrameBatch.from_atoms(good, method=lab.method)
-        table = node.table
-        seg = table.append(batch)
-        changed = record_method(node, method_info)
-        if seg is not None or changed:
-            out["commit"] = node.commit(message or f"label {len(good)} structures with {lab.method}")
-    return out
+        with node.transaction(message or f"label {len(good)} structures with {lab.method}") as tx:
+            seg = tx.append(batch)
+            changed = tx.record_method(method_info)
+            if seg is None and not changed:
+                tx.cancel()
+        commit = tx.commit_id
+    return LabelResult(labelled=len(good), failures=failures, method=lab.method, commit=commit)
 
 
 def predict_files(node, files, model: str | None = None, relax: bool = False, fmax: float = 0.05,
@@ -164,30 +167,35 @@ def hull_report(node, method: str | None = None, rev: str | None = None, plot: s
 def classify_node(node, message: str | None = None, all_rows: bool = False) -> dict:
     """Fill hull, novelty and entry columns for the frames that lack them; one commit."""
     from nodestore.chem.api import classify_table, hull_for_table
+    from nodestore.repo.results import ClassifyResult
 
-    table = node.table
     method = node.config["reference_method"]
-    try:
-        _, e_hull, e_form = hull_for_table(table, method)
-        rows = np.nonzero(table.column("method") == method)[0]
-        table.annotate(list(table.row_keys()[rows]), {"e_hull": e_hull[rows], "e_form": e_form[rows]})
-        hull_note = "ok"
-    except NodestoreError as exc:
-        hull_note = str(exc)
-    # which labels of the method are relaxed ones (the labeller's own relaxation ended there)
-    lab = (table.column("method") == method) & (table.column("origin") != "relax-step")
-    relaxed = {"labels": int(lab.sum()), "relaxed": int((lab & (table.column("relax_step") > 0)).sum())}
-    rows = entry_candidates(table)
-    if not all_rows and not (table.column("novelty")[rows] == "").any():
-        commit = node.commit(message or "update E_hull") if node.status()["changed_files"] else None
-        return {"classified": 0, "hull": hull_note, "commit": commit, "relaxed_labels": relaxed}
-    # entries are decided among all candidates at once: dedup needs the whole set
-    keys, cols = classify_table(table, params=_match(node), rows=rows)
-    table.annotate(keys, cols)
-    counts = {c: int(np.sum(np.asarray(cols["novelty"]) == c)) for c in ("duplicate", "substitution", "novel")}
-    commit = node.commit(message or f"classify {len(keys)} rows: {counts}")
-    return {"classified": len(keys), "novelty": counts, "entries": int(np.sum(cols["is_entry"])),
-            "hull": hull_note, "commit": commit, "relaxed_labels": relaxed}
+    with node.transaction(message or "update E_hull") as tx:
+        table = tx.table
+        try:
+            _, e_hull, e_form = hull_for_table(table, method)
+            rows = np.nonzero(table.column("method") == method)[0]
+            tx.annotate(list(table.row_keys()[rows]), {"e_hull": e_hull[rows], "e_form": e_form[rows]})
+            hull_note = "ok"
+        except NodestoreError as exc:
+            hull_note = str(exc)
+        # which labels of the method are relaxed ones (the labeller's own relaxation ended there)
+        lab = (table.column("method") == method) & (table.column("origin") != "relax-step")
+        relaxed = {"labels": int(lab.sum()), "relaxed": int((lab & (table.column("relax_step") > 0)).sum())}
+        rows = entry_candidates(table)
+        if not all_rows and not (table.column("novelty")[rows] == "").any():
+            classified = None
+        else:
+            # entries are decided among all candidates at once: dedup needs the whole set
+            keys, cols = classify_table(table, params=_match(node), rows=rows)
+            tx.annotate(keys, cols)
+            counts = {c: int(np.sum(np.asarray(cols["novelty"]) == c)) for c in ("duplicate", "substitution", "novel")}
+            classified = (len(keys), counts, int(np.sum(cols["is_entry"])))
+            tx.message = message or f"classify {len(keys)} rows: {counts}"
+    if classified is None:
+        return ClassifyResult(classified=0, hull=hull_note, commit=tx.commit_id, relaxed_labels=relaxed)
+    return ClassifyResult(classified=classified[0], novelty=classified[1], entries=classified[2],
+                          hull=hull_note, commit=tx.commit_id, relaxed_labels=relaxed)
 
 
 def entry_candidates(table) -> np.ndarray:
@@ -225,7 +233,7 @@ def label_references(node, message: str | None = None) -> dict:
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(Result):
     """What ``nodestore train`` did: the new current force field and its held-out errors
     (eV/atom and eV/A on the frames it held out; ``*_refs``: after the reference fit alone)."""
 
@@ -283,13 +291,13 @@ def train_forcefield(node, method: str | None = None, backend: str | None = None
     if val_fraction is not None:
         kwargs["val_fraction"] = val_fraction
     tuned = ff.finetune(frames, method=method, progress=progress, **kwargs)
+    m = tuned.metrics
     with tempfile.TemporaryDirectory(prefix="nodestore-train-") as tmp:
         tuned.save(Path(tmp) / "forcefield")
-        cid = node.add_checkpoint(Path(tmp) / "forcefield", "forcefield", make_current=True)
-    m = tuned.metrics
-    commit = node.commit(message or f"train forcefield ({tuned.backend}) on {m['n_train']} frames of {method}")
+        with node.transaction(message or f"train forcefield ({tuned.backend}) on {m['n_train']} frames of {method}") as tx:
+            cid = tx.add_checkpoint(Path(tmp) / "forcefield", "forcefield", make_current=True)
     return TrainResult(
-        checkpoint=cid, commit=commit, method=method, backend=tuned.backend, parent=ff.hash,
+        checkpoint=cid, commit=tx.commit_id, method=method, backend=tuned.backend, parent=ff.hash,
         n_train=m["n_train"], n_val=m["n_val"],
         energy_rmse_before=m.get("val_energy_rmse_per_atom_before"),
         energy_rmse_refs=m.get("val_energy_rmse_per_atom_refs"),

@@ -60,18 +60,18 @@ def run_demo(path="demo/Li-P-S", iterations: int = 2, fresh: bool = True, labell
     t = time.perf_counter()
     r = node.import_files(reference_files(), origin="reference", message="reference phases (AFLOW/pymatgen, OBELiX, MP)")
     timings["import references"] = time.perf_counter() - t
-    echo(f"[demo] imported {r['new']} reference structures")
+    echo(f"[demo] imported {r.new} reference structures")
     for method, files in labelled_files().items():
         t = time.perf_counter()
         r = node.import_files(files, method=method, message=f"labelled frames ({method})")
         timings[f"import {method} frames"] = time.perf_counter() - t
-        echo(f"[demo] imported {r['new']} frames labelled by {method}")
+        echo(f"[demo] imported {r.new} frames labelled by {method}")
     t = time.perf_counter()
     echo(f"[demo] labelling the reference phases with {reference_method} ...")
     r = label_references(node)
     timings[f"label references ({reference_method})"] = time.perf_counter() - t
-    echo(f"[demo] labelled {r['labelled']} reference phases, {len(r['failures'])} failed")
-    for f in r["failures"]:
+    echo(f"[demo] labelled {r.labelled} reference phases, {len(r.failures)} failed")
+    for f in r.failures:
         echo(f"[demo]   failed: {f.get('formula')} ({f.get('source')}): {f.get('error')}")
     for k in range(iterations):
         t = time.perf_counter()

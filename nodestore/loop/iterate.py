@@ -1,6 +1,6 @@
 """Advancing the loop: add an iteration, ``dvc repro``, and commit what it made.
 
-``nodestore iterate`` appends ``{k, prev}`` to ``loop.iterations`` in
+``nodestore iterate`` adds ``"k": {prev: k-1}`` to ``loop.iterations`` in
 params.yaml (the first time it also pins iteration 0: the table manifest and
 the current checkpoints).  ``dvc repro`` then runs only the new stages.
 ``nodestore commit`` (or ``iterate --run``, which does all three) absorbs every
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nodestore.config import with_defaults, write_yaml
+from nodestore.config import iterations, with_defaults
 from nodestore.errors import NodestoreError
-from nodestore.repo.methods import record_method
+from nodestore.repo.results import IterateResult, IterationCommit
 
 from .stages import iter_dir, read_table
 
@@ -34,16 +34,46 @@ def _tagged(node, k: int) -> bool:
 
 def pending(node) -> list[int]:
     """Iterations listed in params.yaml and not yet committed (no iter-k tag)."""
-    return [it["k"] for it in node.params["loop"]["iterations"] if not _tagged(node, it["k"])]
+    return [k for k in iterations(node.params) if not _tagged(node, k)]
 
 
-def _seed(node) -> None:
-    """Pin iteration 0: the table as it is and the current checkpoints."""
-    from nodestore.repo import dvc
+def migrate_loop(tx) -> bool:
+    """Migrate a node whose ``loop.iterations`` is a list (stages named by list index, one off from k)
+    to the mapping keyed by k: params.yaml, dvc.yaml and dvc.lock's stage names, through ``tx``."""
+    import yaml
 
-    d = iter_dir(node, 0)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "table.json").write_text(json.dumps(node.table.manifest, indent=1, sort_keys=True) + "\n")
+    from .pipeline import dvc_yaml
+
+    node = tx.node
+    params = node.params
+    its = params["loop"]["iterations"]
+    if not isinstance(its, list):
+        return False
+    ks = [int(it["k"]) for it in its]
+    params["loop"]["iterations"] = {str(it["k"]): {"prev": int(it["prev"])} for it in its}
+    tx.write_params(params)
+    if (node.path / "dvc.yaml").exists():
+        tx.write_text("dvc.yaml", dvc_yaml())
+    lock = node.path / "dvc.lock"
+    if lock.exists():
+        doc = yaml.safe_load(lock.read_text()) or {}
+        stages = {}
+        for name, body in (doc.get("stages") or {}).items():
+            base, at, idx = name.partition("@")
+            if at and idx.isdigit() and int(idx) < len(ks):
+                name = f"{base}@{ks[int(idx)]}"
+            stages[name] = body
+        doc["stages"] = stages
+        tx.write_text("dvc.lock", yaml.safe_dump(doc, sort_keys=False))
+    return True
+
+
+def _seed(tx) -> None:
+    """Pin iteration 0 (through transaction ``tx``): the table as it is and the current checkpoints."""
+    node = tx.node
+    rel = iter_dir(node, 0).relative_to(node.path).as_posix()
+    d = tx.make_dir(rel)
+    tx.write_text(f"{rel}/table.json", json.dumps(node.table.manifest, indent=1, sort_keys=True) + "\n")
     models = d / "models"
     if models.exists():
         shutil.rmtree(models)
@@ -53,29 +83,35 @@ def _seed(node) -> None:
         if kind in cur:
             shutil.copytree(node.path / "models" / cur[kind], models / kind)
     (models / "seed.json").write_text(json.dumps({"from_current": cur}, indent=1, sort_keys=True) + "\n")
-    dvc.add(node.path, targets=[str(models.relative_to(node.path))])
+    tx.dvc_add([f"{rel}/models"])
 
 
-def iterate(node, run: bool = False, message: str | None = None) -> dict:
+def iterate(node, run: bool = False, message: str | None = None) -> IterateResult:
     """Add the next iteration to params.yaml (unless one is pending); with ``run``, reproduce and commit it."""
-    todo = pending(node)
     added = None
-    if not todo:
-        params = with_defaults(node.params)
-        its = params["loop"]["iterations"]
-        k = (its[-1]["k"] + 1) if its else 1
-        if not its and not (iter_dir(node, 0) / "table.json").exists():
-            _seed(node)
-        its.append({"k": k, "prev": k - 1})
-        write_yaml(node.path / "params.yaml", params, "params")
-        node.commit(f"iterate: add iteration {k}")
-        added = k
-        todo = [k]
-    out = {"added": added, "pending": todo}
+    with node.transaction("iterate") as tx:  # the lock first: a refused iterate writes nothing
+        migrated = migrate_loop(tx)
+        todo = pending(node)
+        if not todo:
+            params = with_defaults(node.params)
+            its = params["loop"]["iterations"]
+            k = max(iterations(params), default=0) + 1
+            if not its and not (iter_dir(node, 0) / "table.json").exists():
+                _seed(tx)
+            its[str(k)] = {"prev": k - 1}
+            tx.write_params(params)
+            tx.message = f"iterate: add iteration {k}"
+            added = k
+            todo = [k]
+        elif migrated:
+            tx.message = "iterate: key loop.iterations by k (DVC stages stage@k are iteration k)"
+        else:
+            tx.cancel()
+    committed = []
     if run:
         reproduce(node)
-        out["committed"] = absorb(node, message=message)
-    return out
+        committed = absorb(node, message=message)
+    return IterateResult(added=added, pending=todo, committed=committed)
 
 
 def reproduce(node) -> None:
@@ -109,40 +145,33 @@ def absorb(node, message: str | None = None) -> list[dict]:
     return done
 
 
-def _absorb_one(node, k: int, message: str | None) -> dict:
+def _absorb_one(node, k: int, message: str | None) -> IterationCommit:
     from nodestore.chem.api import hull_for_table
 
-    table = node.table
     cur = read_table(iter_dir(node, k) / "curated")
-    for s in cur.manifest["segments"]:
-        src = cur.path / "segments" / f"{s['id']}.zip"
-        dest = table.path / "segments" / src.name
-        if not dest.exists():
-            tmp = dest.with_name(f".tmp-absorb-{src.name}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        table.add_segment(s["id"], s["rows"], s["atoms"])
-    # the hull of the reference method moves when new phases arrive: recompute it for every row
-    method = node.config["reference_method"]
-    try:
-        _, e_hull, e_form = hull_for_table(table, method)
-        rows = np.nonzero(table.column("method") == method)[0]
-        keys = table.row_keys()[rows]
-        table.annotate(list(keys), {"e_hull": e_hull[rows], "e_form": e_form[rows]})
-    except NodestoreError:
-        pass
-    lab = json.loads((iter_dir(node, k) / "labelled" / "label.json").read_text())
-    if lab.get("labelled"):
-        record_method(node, lab["method_info"])
-    models = iter_dir(node, k) / "models"
-    for kind in ("forcefield", "generator"):
-        if (models / kind / "meta.json").exists():
-            node.add_checkpoint(models / kind, kind)
-    (iter_dir(node, k) / "table.json").write_text(json.dumps(node.table.manifest, indent=1, sort_keys=True) + "\n")
     metrics = json.loads((iter_dir(node, k) / "metrics.json").read_text())
     sun = metrics.get("sun", {})
     msg = message or (f"iteration {k}: {metrics.get('candidates')} candidates, {metrics.get('screened')} screened, "
                       f"{metrics.get('labelled')} labelled, S.U.N. {sun.get('sun', sun)}")
-    commit = node.commit(msg)
-    node.tag(f"iter-{k}", commit)
-    return {"iteration": k, "commit": commit, "sun": sun}
+    with node.transaction(msg, tags=(f"iter-{k}",)) as tx:
+        tx.adopt(cur)
+        table = tx.table
+        # the hull of the reference method moves when new phases arrive: recompute it for every row
+        method = node.config["reference_method"]
+        try:
+            _, e_hull, e_form = hull_for_table(table, method)
+            rows = np.nonzero(table.column("method") == method)[0]
+            keys = table.row_keys()[rows]
+            tx.annotate(list(keys), {"e_hull": e_hull[rows], "e_form": e_form[rows]})
+        except NodestoreError:
+            pass
+        lab = json.loads((iter_dir(node, k) / "labelled" / "label.json").read_text())
+        if lab.get("labelled"):
+            tx.record_method(lab["method_info"])
+        models = iter_dir(node, k) / "models"
+        for kind in ("forcefield", "generator"):
+            if (models / kind / "meta.json").exists():
+                tx.add_checkpoint(models / kind, kind)
+        rel = (iter_dir(node, k) / "table.json").relative_to(node.path).as_posix()
+        tx.write_text(rel, json.dumps(tx.table.manifest, indent=1, sort_keys=True) + "\n")
+    return IterationCommit(iteration=k, commit=tx.commit_id, sun=sun)

@@ -5,7 +5,10 @@ DVC forbids cycles, so iteration k reads only what iteration k-1 left:
 ``loop/iter-{prev}/table.json`` (the table manifest when prev was committed;
 segments are immutable, so a manifest pins the data).  ``foreach`` over
 ``loop.iterations`` in params.yaml unrolls the stages; appending an item and
-running ``dvc repro`` runs only the new ones.
+running ``dvc repro`` runs only the new ones.  The iterations are a mapping
+keyed by k as a string (``"2": {prev: 1}``), so that DVC names the stages of
+iteration k ``generate@k`` ... ``curate@k`` (a list would be named by index,
+one off; integer keys unroll nothing).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ STAGES = ("generate", "screen", "select", "label", "train", "curate")
 def _stage(name: str, deps: list[str], params: list[str], outs: list[str], metrics: list[str] | None = None,
            plots: list[str] | None = None) -> str:
     lines = [f"  {name}:", "    foreach: ${loop.iterations}", "    do:",
-             f"      cmd: nodestore stage {name} ${{item.k}}"]
+             f"      cmd: nodestore stage {name} ${{key}}"]
     lines.append("      deps:")
     lines += [f"        - {d}" for d in deps]
     if params:
@@ -34,7 +37,7 @@ def _stage(name: str, deps: list[str], params: list[str], outs: list[str], metri
 
 
 def dvc_yaml() -> str:
-    cur = "loop/iter-${item.k}"
+    cur = "loop/iter-${key}"
     prev = "loop/iter-${item.prev}"
     stages = [
         _stage("generate", [f"{prev}/models", f"{prev}/table.json"], ["generate", "generator"],
@@ -50,5 +53,5 @@ def dvc_yaml() -> str:
                ["curate", "match"], [f"{cur}/curated"], metrics=[f"{cur}/metrics.json"],
                plots=[f"{cur}/ehull.csv"]),
     ]
-    head = "# written by `nodestore init`: the discovery loop, one iteration per item of loop.iterations\n"
+    head = "# written by `nodestore init`: the discovery loop, one iteration per key k of loop.iterations\n"
     return head + "stages:\n" + "\n".join(stages) + "\n"

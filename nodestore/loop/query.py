@@ -10,7 +10,7 @@ from nodestore.errors import ValidationError
 
 
 def select_rows(table, where: str | None) -> np.ndarray:
-    if not where:
+    if where is None:
         return np.arange(len(table))
     from nodestore.chem.api import query
 

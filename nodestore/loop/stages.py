@@ -35,9 +35,11 @@ def iter_dir(node, k: int) -> Path:
 
 
 def iteration_item(node, k: int) -> dict:
-    for item in node.params["loop"]["iterations"]:
-        if item["k"] == k:
-            return item
+    from nodestore.config import iterations
+
+    its = iterations(node.params)
+    if k in its:
+        return {"k": k, "prev": its[k]}
     raise ValidationError(f"iteration {k} is not in params.yaml loop.iterations; run `nodestore iterate`")
 
 

@@ -213,8 +213,9 @@ def clone_bundle(cls, bundle: Path, path: Path, branch: str | None = None):
 
     from . import dvc, git
     from .lock import node_lock
-    from .node import NODE_YAML
+    from .paths import NODE_YAML
     from .remote import discard, verify_commit
+    from .transaction import check_tree
 
     created = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +238,7 @@ def clone_bundle(cls, bundle: Path, path: Path, branch: str | None = None):
                 if ref.startswith("refs/remotes/"):
                     repo.references.delete(ref)
         node = cls(path)
+        check_tree(node.git, git.head_commit(node.git))  # before anything is written through the tree
         if not (node.path / NODE_YAML).exists():
             raise ValidationError(f"{bundle} does not hold a nodestore node (no {NODE_YAML})")
         with node_lock(node.state_dir):

@@ -7,6 +7,7 @@ import re
 from nodestore.errors import NodestoreError, RevisionError
 
 from .lock import locked
+from .results import CheckoutResult
 
 _REF_NAME = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]+(?<![./])$")
 
@@ -16,30 +17,22 @@ def _check_name(name: str, what: str) -> None:
         raise RevisionError(f"{name!r} is not a valid {what} name")
 
 
-@locked
-def checkout(node, rev: str, force: bool = False) -> dict:
-    """Move the work tree (yaml files, table, checkpoints) to branch, tag or commit ``rev``."""
-    from . import dvc, git
+def checkout(node, rev: str, force: bool = False) -> CheckoutResult:
+    """Move the work tree (yaml files, table, checkpoints) to branch, tag or commit ``rev``; HEAD moves last."""
+    from . import git
 
     repo = node.git
-    if not force:
-        st = node.status()
-        if not st["clean"]:
-            raise NodestoreError(
-                f"the node has uncommitted changes ({', '.join(st['changed_files'])}); commit them or use --force"
-            )
-    target = git.resolve(repo, rev)
-    branch = rev if rev in repo.branches.local else None
-    import pygit2
-
-    with git.git_errors(f"checkout {rev}"):
-        repo.checkout_tree(target, strategy=pygit2.enums.CheckoutStrategy.FORCE)
-        if branch:
-            repo.set_head(f"refs/heads/{branch}")
-        else:
-            repo.set_head(target.id)
-    dvc.checkout(node.path, force=True)
-    return {"commit": str(target.id), "branch": branch}
+    with node.transaction(f"checkout {rev}", worktree=True) as tx:
+        if not force:
+            st = node.status()
+            if not st["clean"]:
+                raise NodestoreError(
+                    f"the node has uncommitted changes ({', '.join(st['changed_files'])}); commit them or use --force"
+                )
+        target = git.resolve(repo, rev)
+        branch = rev if rev in repo.branches.local else None
+        tx.move_worktree(target, branch=branch)
+    return CheckoutResult(commit=str(target.id), branch=branch)
 
 
 @locked

@@ -30,9 +30,12 @@ def _quiet():
 @contextmanager
 def dvc_errors(what: str):
     from dvc.exceptions import DvcException
+    from dvc_objects.errors import ObjectFormatError
 
     try:
         yield
+    except ObjectFormatError as exc:  # an object that does not parse or hash right: exit 7
+        raise IntegrityError(f"{what}: {str(exc).strip() or type(exc).__name__}") from None
     except DvcException as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NodestoreError(f"{what}: {msg}") from None
@@ -109,7 +112,13 @@ def push(path: Path, remote: str, revs: list[str] | None = None) -> int:
 
 def fetch(path: Path, remote: str, revs: list[str] | None = None) -> int:
     with open_dvc(path) as repo, dvc_errors("dvc fetch"):
-        return repo.fetch(remote=remote, revs=revs, workspace=not revs)
+        try:
+            return repo.fetch(remote=remote, revs=revs, workspace=not revs)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            # DVC reads the .dir listings it downloads: a corrupted one fails as a parse error
+            raise IntegrityError(f"an object on remote {remote!r} is corrupted ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:80] if str(exc) else ''}); repair the remote "
+                                 "with `nodestore push` from an intact node") from None
 
 
 # -- the cache, read directly (content-addressed: safe to read by hash) ------

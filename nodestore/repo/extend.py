@@ -8,10 +8,9 @@ new node's models.  node.yaml lineage records the parent node and commit.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from nodestore.config import parse_system, read_yaml, system_name, write_yaml
+from nodestore.config import parse_system, read_yaml, system_name
 from nodestore.errors import NodestoreError, ValidationError
 
 
@@ -19,7 +18,7 @@ def extend(node, elements, to, message: str | None = None):
     """Make the node for ``system ∪ elements`` at ``to``; return it."""
     from . import git
     from .init import now
-    from .node import MODELS_DIR, NODE_YAML, TABLE_DIR
+    from .paths import MODELS_DIR, TABLE_DIR
 
     added = parse_system(elements)
     already = sorted(set(added) & set(node.system))
@@ -41,26 +40,23 @@ def extend(node, elements, to, message: str | None = None):
         if (node.path / name).exists():
             files[name] = (node.path / name).read_text()
     params = read_yaml(node.path / "params.yaml", "params")
-    params["loop"] = {"iterations": []}  # the new node starts its own loop
+    params["loop"] = {"iterations": {}}  # the new node starts its own loop
     new = type(node).init(union, to, reference_method=cfg["reference_method"], params=params, lineage=lineage,
                           files=files, message=f"init {system_name(union)} node, extended from {node.name}")
-    # carry the data and the checkpoints: segments are content-addressed, so a copy is the same table
-    src_table, dst_table = node.path / TABLE_DIR, new.path / TABLE_DIR
-    shutil.rmtree(dst_table)
-    shutil.copytree(src_table, dst_table, ignore=shutil.ignore_patterns(".tmp*", ".manifest-*"))
-    for p in dst_table.rglob("*"):
-        if p.is_file():
-            p.chmod(0o644)
-    if cfg.get("methods"):  # the carried labels keep what their method names stand for
-        new_cfg = new.config
-        new_cfg["methods"] = cfg["methods"]
-        write_yaml(new.path / NODE_YAML, new_cfg, "node")
-    src_models, dst_models = node.path / MODELS_DIR, new.path / MODELS_DIR
-    shutil.rmtree(dst_models)
-    shutil.copytree(src_models, dst_models)
-    for p in dst_models.rglob("*"):
-        if p.is_file():
-            p.chmod(0o644)
-    new.commit(message or f"extend {node.name} with {', '.join(added)}: carry {len(new.table)} frames and "
-                          f"the checkpoints of {cfg['node_id'][:8]}@{str(head.id)[:10]}")
+    # carry the data and the checkpoints, as one transaction of the new node
+    from nodestore.frames import FrameTable
+
+    msg = message or (f"extend {node.name} with {', '.join(added)}: carry {len(node.table)} frames and "
+                      f"the checkpoints of {cfg['node_id'][:8]}@{str(head.id)[:10]}")
+    with new.transaction(msg) as tx:
+        tx.adopt(FrameTable.open(node.path / TABLE_DIR), overlay=True)
+        if cfg.get("methods"):  # the carried labels keep what their method names stand for
+            new_cfg = tx.config
+            new_cfg["methods"] = cfg["methods"]
+            tx.write_config(new_cfg)
+        src_models = node.path / MODELS_DIR
+        for d in sorted(src_models.iterdir()):
+            if d.is_dir() and (d / "meta.json").exists():
+                tx.copy_checkpoint(d)
+        tx.set_current_models(node.current_models())
     return new

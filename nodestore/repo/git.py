@@ -80,20 +80,25 @@ def resolve(repo, rev: str | None):
 
 
 def stage_all(repo) -> object:
-    """Stage every non-ignored change of the work tree; return the tree id."""
+    """Stage every non-ignored change of the work tree (writers' temporary files excepted);
+    return the tree id."""
+    from .paths import is_temp
+
     index = repo.index
     index.read(force=True)
     index.add_all()
-    # drop entries whose files are gone
+    # drop entries whose files are gone, and temporary files an interrupted writer left
     for entry in list(index):
-        if not (Path(repo.workdir) / entry.path).exists():
+        if is_temp(entry.path) or not (Path(repo.workdir) / entry.path).exists():
             index.remove(entry.path)
     index.write()
     return index.write_tree()
 
 
-def commit(repo, message: str, parents: list | None = None, ref: str = "HEAD") -> str:
-    """Commit the staged work tree; parents default to HEAD (none for the first)."""
+def commit(repo, message: str, parents: list | None = None, ref: str | None = "HEAD") -> str:
+    """Commit the staged work tree; parents default to HEAD (none for the first).
+
+    With ``ref=None`` only the commit object is written (a transaction moves the refs)."""
     tree = stage_all(repo)
     if parents is None:
         head = head_commit(repo)
@@ -107,9 +112,11 @@ def is_dirty(repo, untracked: bool = False) -> list[str]:
     """Paths with changes not committed (ignored files, and untracked ones unless asked, excluded)."""
     import pygit2
 
+    from .paths import is_temp
+
     out = []
     for path, flags in repo.status().items():
-        if flags & pygit2.GIT_STATUS_IGNORED:
+        if flags & pygit2.GIT_STATUS_IGNORED or (flags == pygit2.GIT_STATUS_WT_NEW and is_temp(path)):
             continue
         if flags == pygit2.GIT_STATUS_WT_NEW and not untracked:
             continue

@@ -10,22 +10,15 @@ import numpy as np
 from nodestore.config import parse_system, system_name
 from nodestore.errors import NodestoreError
 
-from .lock import locked
 
 
-@locked
 def commit(node, message: str, allow_empty: bool = False) -> str:
     """Record the work tree (table, models, yaml files) as one commit."""
-    from . import dvc, git
-
     if not message:
         raise NodestoreError("a commit needs a message (-m)")
-    table = node.table
-    table.gc()
-    dvc.add(node.path)
-    if not allow_empty and git.head_commit(node.git) is not None and not git.is_dirty(node.git, untracked=True):
-        raise NodestoreError("nothing to commit: the node is as its last commit")
-    return git.commit(node.git, message)
+    with node.transaction(message, require_change=not allow_empty, allow_empty=allow_empty) as tx:
+        pass
+    return tx.commit_id
 
 
 def log(node, rev: str | None = None, limit: int | None = None) -> list[dict]:
@@ -204,7 +197,7 @@ def diff(node, rev_a: str, rev_b: str | None = None) -> dict:
 
 
 def _current(models_dir) -> dict:
-    from .node import CURRENT_MODELS
+    from .paths import CURRENT_MODELS
 
     p = models_dir / CURRENT_MODELS
     return json.loads(p.read_text()) if p.exists() else {}

@@ -8,14 +8,13 @@ import numpy as np
 
 from nodestore.errors import ValidationError
 
-from .lock import locked
+from .results import ImportResult
 
 
-@locked
 def import_files(node, files, method: str | None = None, message: str | None = None, origin: str = "imported",
                  iteration: int = 0, min_distance: float | None = None, format: str | None = None,
-                 commit: bool = True) -> dict:
-    """Read, validate and add the frames of ``files``; all or nothing.
+                 commit: bool = True) -> ImportResult:
+    """Read, validate and add the frames of ``files`` as one transaction; all or nothing.
 
     Frames carrying energies need ``method`` (the method that produced them,
     e.g. ``vasp-pbe``) so that hulls and merges never mix methods.
@@ -46,22 +45,16 @@ def import_files(node, files, method: str | None = None, message: str | None = N
         batch = batch.with_columns(method="")
     min_d = min_distance if min_distance is not None else node.params.get("import", {}).get("min_distance", 0.5)
     validate_batch(batch, Rules(elements=frozenset(node.system), min_distance=min_d), names)
-    table = node.table
-    before = dict(table.manifest)
-    n_before = len(table)
-    seg = table.append(batch)
-    result = {"read": len(batch), "new": len(table) - n_before, "segment": seg, "commit": None}
-    if seg is None or not commit:
-        return result
-    try:
-        msg = message or f"import {len(batch)} frames from {', '.join(f.name for f in files[:3])}{' ...' if len(files) > 3 else ''}"
-        result["commit"] = node.commit(msg)
-    except BaseException:
-        _restore(table, before)
-        raise
-    return result
-
-
-def _restore(table, manifest: dict) -> None:
-    """Put the table back as it was (the new segment file is left for gc)."""
-    table._commit_manifest(manifest)
+    if not commit:  # a work-tree write, for a caller that commits later
+        table = node.table
+        n_before = len(table)
+        seg = table.append(batch)
+        return ImportResult(read=len(batch), new=len(table) - n_before, segment=seg, commit=None)
+    msg = message or f"import {len(batch)} frames from {', '.join(f.name for f in files[:3])}{' ...' if len(files) > 3 else ''}"
+    with node.transaction(msg) as tx:
+        n_before = len(tx.table)
+        seg = tx.append(batch)
+        new = len(tx.table) - n_before
+        if seg is None:
+            tx.cancel()
+    return ImportResult(read=len(batch), new=new, segment=seg, commit=tx.commit_id if seg is not None else None)

@@ -37,7 +37,7 @@ def init(cls, system, path=None, reference_method: str = DEFAULT_REFERENCE_METHO
 
     from . import dvc, git
     from .lock import node_lock
-    from .node import MODELS_DIR, NODE_YAML, PARAMS_YAML, TABLE_DIR, CURRENT_MODELS
+    from .paths import CURRENT_MODELS, MODELS_DIR, NODE_YAML, PARAMS_YAML, TABLE_DIR
 
     elements = parse_system(system)
     path = Path(path if path is not None else system_name(elements))

@@ -1,13 +1,15 @@
 """A per-node write lock: one writer at a time, a clear error for the second.
 
-The lock is a file created with O_EXCL holding the owner's pid.  A lock whose
-pid is no longer alive is stale and is taken over.
+The lock is a file holding the owner's pid, made by hard-linking a file that
+already holds it (so a lock is never empty).  A lock whose pid is no longer
+alive is stale and is taken over.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,23 +46,31 @@ def node_lock(state_dir: Path):
             _HELD[key] -= 1
         return
     for _ in range(2):
+        # the pid is written first and the lock appears with it (a hard link): never an empty lock
+        tmp = state_dir / f".{LOCK_NAME}.{os.getpid()}.tmp"
+        tmp.write_text(str(os.getpid()))
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             try:
-                pid = int(path.read_text().strip() or 0)
+                text = path.read_text().strip()
+                pid = int(text or 0)
+                age = time.time() - path.stat().st_mtime
             except (OSError, ValueError):
-                pid = 0
+                pid, age, text = 0, 0.0, "?"
             if pid and _alive(pid) and pid != os.getpid():
                 raise LockedError(f"node is locked by pid {pid} ({path}); wait for it or remove the file if that process is gone") from None
-            # stale lock (dead owner or unreadable): take it over
+            if not pid and age < 10:
+                # a lock without a pid, just made by a writer of another kind: not stale yet
+                raise LockedError(f"node is locked ({path} names no pid yet); try again") from None
+            # stale lock (dead owner, or an old one without a pid): take it over
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
             continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+        finally:
+            tmp.unlink(missing_ok=True)
         break
     else:
         raise LockedError(f"could not take the node lock {path}")

@@ -15,8 +15,6 @@ are then changed, and HEAD moves once, at the end, to a commit with two parents.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,15 +22,17 @@ import numpy as np
 
 from nodestore.errors import MergeConflict, NodestoreError, SchemaError
 
-from .lock import locked
+from .lock import node_lock
 from .methods import merge_methods
+from .results import MergeResult
 
 POLICIES = (None, "ours", "theirs")
 
 
 @dataclass
 class Plan:
-    new_segments: list = field(default_factory=list)  # [(id, rows, atoms, src path)]
+    new_segments: list = field(default_factory=list)  # [(id, rows, atoms)] of theirs_table
+    theirs_table: object = None
     deletions: list = field(default_factory=list)  # "segid:rowkey"
     conflicts: list = field(default_factory=list)
     same_rows: int = 0
@@ -56,12 +56,20 @@ def _labels_equal(a, b, ia: int, ib: int) -> bool:
     return eq(fa, fb)
 
 
-@locked
-def merge(node, rev: str, prefer: str | None = None, allow_extend: bool = False, message: str | None = None) -> dict:
-    """Merge branch/commit ``rev`` into the current branch."""
+def merge(node, rev: str, prefer: str | None = None, allow_extend: bool = False,
+          message: str | None = None) -> MergeResult:
+    """Merge branch/commit ``rev`` into the current branch: planned under the lock, written as one transaction."""
+    with node_lock(node.state_dir):
+        return _merge(node, rev, prefer, allow_extend, message)
+
+
+def _merge(node, rev, prefer, allow_extend, message) -> MergeResult:
     import pygit2
 
-    from . import dvc, git
+    from . import git
+    from .transaction import recover
+
+    recover(node)
 
     if prefer not in POLICIES:
         raise NodestoreError(f"--prefer must be 'ours' or 'theirs', not {prefer!r}")
@@ -72,23 +80,17 @@ def merge(node, rev: str, prefer: str | None = None, allow_extend: bool = False,
     if not st["clean"]:
         raise NodestoreError(f"commit or discard your changes before merging ({', '.join(st['changed_files'])})")
     if ours.id == theirs.id or repo.descendant_of(ours.id, theirs.id):
-        return {"result": "up-to-date", "commit": str(ours.id)}
+        return MergeResult(result="up-to-date", commit=str(ours.id))
     _check_schema(node, theirs)
     try:
         base_oid = repo.merge_base(ours.id, theirs.id)
     except pygit2.GitError:
         base_oid = None
     if base_oid is not None and base_oid == ours.id:
-        # fast-forward: the branch ref moves to theirs; data and checkpoints follow
-        branch = git.current_branch(repo)
-        with git.git_errors("fast-forward"):
-            repo.checkout_tree(theirs, strategy=pygit2.enums.CheckoutStrategy.FORCE)
-            if branch:
-                repo.references[f"refs/heads/{branch}"].set_target(theirs.id, f"merge {rev}: fast-forward")
-            else:
-                repo.set_head(theirs.id)
-        dvc.checkout(node.path, force=True)
-        return {"result": "fast-forward", "commit": str(theirs.id)}
+        # fast-forward: the work tree moves to theirs, then the branch ref (or HEAD)
+        with node.transaction(message or f"merge {rev}", worktree=True) as tx:
+            tx.move_worktree(theirs, fast_forward=True)
+        return MergeResult(result="fast-forward", commit=str(theirs.id))
 
     plan = _plan(node, ours, theirs, base_oid, rev, prefer, allow_extend)
     if plan.conflicts and prefer is None:
@@ -156,14 +158,15 @@ def _plan(node, ours, theirs, base_oid, rev, prefer, allow_extend) -> Plan:
                 plan.conflicts.append({"kind": "label", "row": k, "ours_energy": _f(ob["energy"][n]),
                                        "theirs_energy": _f(tb["energy"][j])})
                 if prefer == "theirs":
-                    plan.deletions.append(f"{_segment_of(t_ours, i)}:{k}")
+                    plan.deletions.append(f"{t_ours.segment_of(i)}:{k}")
                 else:
                     plan.deletions.append(f"{s['id']}:{k}")
-        plan.new_segments.append((s["id"], s["rows"], s["atoms"], t_theirs.path / "segments" / f"{s['id']}.zip"))
+        plan.new_segments.append((s["id"], s["rows"], s["atoms"]))
+    plan.theirs_table = t_theirs
 
     # mutable columns (annotations) of theirs, for rows they have
-    over_t, _ = t_theirs._load_overlay()
-    over_o, _ = t_ours._load_overlay()
+    over_t, _ = t_theirs.overlay()
+    over_o, _ = t_ours.overlay()
     for k, row in over_t.items():
         mine = over_o.get(k, {})
         take = {c: v for c, v in row.items() if c not in mine or prefer == "theirs"}
@@ -173,11 +176,6 @@ def _plan(node, ours, theirs, base_oid, rev, prefer, allow_extend) -> Plan:
     _plan_entries(node, plan, t_ours, t_theirs)
     _plan_models(node, plan, ours, theirs, base_oid, prefer)
     return plan
-
-
-def _segment_of(table, row: int) -> str:
-    seg_pos, _ = table._live()
-    return table.manifest["segments"][int(seg_pos[row])]["id"]
 
 
 def _f(x):
@@ -271,80 +269,35 @@ def _report(conflicts: list, rev: str) -> str:
     return "\n".join(lines)
 
 
-def _apply(node, plan: Plan, ours, theirs, rev: str, message: str | None) -> dict:
-    from nodestore.config import write_yaml
-    from nodestore.frames.columns import coerce
-
-    from . import dvc, git
+def _apply(node, plan: Plan, ours, theirs, rev: str, message: str | None) -> MergeResult:
     from .init import now
+    from .paths import MERGES_JSON
 
-    table = node.table
-    before_manifest = dict(table.manifest)
-    node_yaml = (node.path / "node.yaml").read_text()
-    current_file = node.path / "models" / "current.json"
-    current_before = current_file.read_text() if current_file.exists() else None
-    merges = node.path / "data" / "merges.json"
-    merges_before = merges.read_text() if merges.exists() else None
-    copied_models = []
-    try:
-        seg_dir = table.path / "segments"
-        for sid, rows, atoms, src in plan.new_segments:
-            dest = seg_dir / f"{sid}.zip"
-            if not dest.exists():
-                tmp = seg_dir / f".tmp-merge-{sid}.zip"
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dest)
-        manifest = dict(table.manifest)
-        manifest["segments"] = [*table.manifest["segments"],
-                                *({"id": sid, "rows": rows, "atoms": atoms} for sid, rows, atoms, _ in plan.new_segments)]
-        table._commit_manifest(manifest)
+    record = {
+        "merged": rev, "theirs": str(theirs.id), "segments_from_theirs": [s[0] for s in plan.new_segments],
+        "rows_from_theirs": int(sum(s[1] for s in plan.new_segments)) - len(plan.deletions),
+        "rows_on_both_sides": plan.same_rows, "conflicts_resolved": len(plan.conflicts),
+        "entries_linked": plan.entry_links,
+    }
+    merges = node.path / MERGES_JSON
+    history = json.loads(merges.read_text()) if merges.exists() else []
+    cfg = node.config
+    cfg["system"] = plan.system
+    if plan.methods:
+        cfg["methods"] = plan.methods
+    cfg["lineage"] = [*cfg.get("lineage", []), {
+        "event": "merge", "date": now(), "source": rev, "parent_commit": str(theirs.id),
+        "parent_node": node.config_at(theirs).get("node_id", ""),
+    }]
+    msg = message or f"merge {rev}: +{record['rows_from_theirs']} rows, {plan.same_rows} on both sides"
+    with node.transaction(msg, parents=[ours.id, theirs.id]) as tx:
+        if plan.new_segments:
+            tx.adopt(plan.theirs_table, ids=[s[0] for s in plan.new_segments])
         if plan.annotations or plan.deletions:
-            over, deleted = table._load_overlay()
-            over = {k: dict(v) for k, v in over.items()}
-            for k, row in plan.annotations.items():
-                over.setdefault(k, {}).update({c: coerce(c, [v])[0] for c, v in row.items()})
-            table._write_overlay(over, set(deleted) | set(plan.deletions))
+            tx.update_rows(plan.annotations, delete=plan.deletions)
         for d in plan.models_to_copy:
-            dest = node.path / "models" / d.name
-            shutil.copytree(d, dest)
-            copied_models.append(dest)
-        current_file.write_text(json.dumps(plan.current_models, indent=1, sort_keys=True) + "\n")
-        cfg = node.config
-        cfg["system"] = plan.system
-        if plan.methods:
-            cfg["methods"] = plan.methods
-        cfg["lineage"] = [*cfg.get("lineage", []), {
-            "event": "merge", "date": now(), "source": rev, "parent_commit": str(theirs.id),
-            "parent_node": node.config_at(theirs).get("node_id", ""),
-        }]
-        write_yaml(node.path / "node.yaml", cfg, "node")
-        record = {
-            "merged": rev, "theirs": str(theirs.id), "segments_from_theirs": [s[0] for s in plan.new_segments],
-            "rows_from_theirs": int(sum(s[1] for s in plan.new_segments)) - len(plan.deletions),
-            "rows_on_both_sides": plan.same_rows, "conflicts_resolved": len(plan.conflicts),
-            "entries_linked": plan.entry_links,
-        }
-        history = json.loads(merges.read_text()) if merges.exists() else []
-        merges.write_text(json.dumps([*history, record], indent=1) + "\n")
-        table.gc()
-        dvc.add(node.path)
-        msg = message or f"merge {rev}: +{record['rows_from_theirs']} rows, {plan.same_rows} on both sides"
-        oid = git.commit(node.git, msg, parents=[ours.id, theirs.id])
-    except BaseException:
-        # put every file back as it was; HEAD has not moved
-        table._commit_manifest(before_manifest)
-        (node.path / "node.yaml").write_text(node_yaml)
-        if current_before is not None:
-            current_file.write_text(current_before)
-        for d in copied_models:
-            shutil.rmtree(d, ignore_errors=True)
-        if merges_before is None:
-            merges.unlink(missing_ok=True)
-        else:
-            merges.write_text(merges_before)
-        import pygit2
-
-        node.git.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE,
-                               paths=["data/table.dvc", "models.dvc"])
-        raise
-    return {"result": "merged", "commit": oid, **record}
+            tx.copy_checkpoint(d)
+        tx.set_current_models(plan.current_models)
+        tx.write_config(cfg)
+        tx.write_text(MERGES_JSON, json.dumps([*history, record], indent=1) + "\n")
+    return MergeResult(result="merged", commit=tx.commit_id, **record)

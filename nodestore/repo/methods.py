@@ -44,14 +44,9 @@ def _check(cfg: dict, info: dict) -> None:
         )
 
 
-def record_method(node, info: dict) -> bool:
-    """Write ``info`` under its name into node.yaml's ``methods`` (adding a new code version);
-    return whether node.yaml changed.  The caller commits."""
-    from nodestore.config import write_yaml
-
-    from .node import NODE_YAML
-
-    cfg = node.config
+def updated_methods(cfg: dict, info: dict) -> dict | None:
+    """node.yaml's ``methods`` with ``info`` recorded under its name (a new code version added),
+    or None when it is recorded already.  Refuses other settings under a recorded name."""
     _check(cfg, info)
     methods = dict(cfg.get("methods") or {})
     entry = dict(methods.get(info["name"]) or settings_of(info))
@@ -60,11 +55,15 @@ def record_method(node, info: dict) -> bool:
         versions.add(str(info["version"]))
     entry["versions"] = sorted(versions)
     if methods.get(info["name"]) == entry:
-        return False
+        return None
     methods[info["name"]] = entry
-    cfg["methods"] = methods
-    write_yaml(node.path / NODE_YAML, cfg, "node")
-    return True
+    return methods
+
+
+def record_method(tx, info: dict) -> bool:
+    """Write ``info`` under its name into node.yaml's ``methods`` through transaction ``tx``;
+    return whether node.yaml changed."""
+    return tx.record_method(info)
 
 
 def merge_methods(ours: dict | None, theirs: dict | None) -> tuple[dict, list[dict]]:

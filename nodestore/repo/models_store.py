@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nodestore.errors import NodestoreError, ValidationError
 
-from .lock import locked
+from .lock import node_lock
 
 
 def checkpoint_hash(path: Path) -> str:
@@ -64,26 +64,44 @@ def read_checkpoints(models_dir: Path) -> list[dict]:
     return out
 
 
-@locked
 def add_checkpoint(node, src: Path, kind: str, make_current: bool = True) -> str:
-    """Copy checkpoint directory ``src`` into models/ under its content hash."""
-    src = Path(src)
-    if not (src / "meta.json").exists():
-        raise ValidationError(f"{src} is not a checkpoint directory (no meta.json)")
-    cid = f"{kind}-{checkpoint_hash(src)}"
-    dest = node.path / "models" / cid
-    if not dest.exists():
-        tmp = dest.with_name(f".{cid}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        os.replace(tmp, dest)
-    if make_current:
-        set_current_model.__wrapped__(node, kind, cid)
-    return cid
+    """Copy checkpoint directory ``src`` into models/ under its content hash.
+
+    Inside a transaction this is one of its writes; outside, a locked work-tree
+    write that the next ``node.commit`` records.
+    """
+    from .transaction import _ACTIVE
+
+    tx = _ACTIVE.get(str(node.path))
+    if tx is not None:
+        return tx.add_checkpoint(src, kind, make_current=make_current)
+    with node_lock(node.state_dir):
+        src = Path(src)
+        if not (src / "meta.json").exists():
+            raise ValidationError(f"{src} is not a checkpoint directory (no meta.json)")
+        cid = f"{kind}-{checkpoint_hash(src)}"
+        dest = node.path / "models" / cid
+        if not dest.exists():
+            tmp = dest.with_name(f".{cid}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            os.replace(tmp, dest)
+        if make_current:
+            _set_current(node, kind, cid)
+        return cid
 
 
-@locked
 def set_current_model(node, kind: str, cid: str) -> None:
+    from .transaction import _ACTIVE
+
+    tx = _ACTIVE.get(str(node.path))
+    if tx is not None:
+        return tx.set_current_model(kind, cid)
+    with node_lock(node.state_dir):
+        _set_current(node, kind, cid)
+
+
+def _set_current(node, kind: str, cid: str) -> None:
     models = node.path / "models"
     if not (models / cid / "meta.json").exists():
         raise NodestoreError(f"no checkpoint {cid!r} in {models}")

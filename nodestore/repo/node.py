@@ -7,14 +7,9 @@ import json
 from pathlib import Path
 
 from nodestore.config import parse_system, read_yaml, system_name
-from nodestore.errors import NotANodeError
+from nodestore.errors import NotANodeError, SchemaError, ValidationError
 
-NODE_YAML = "node.yaml"
-PARAMS_YAML = "params.yaml"
-TABLE_DIR = "data/table"
-MODELS_DIR = "models"
-CURRENT_MODELS = "current.json"
-STATE_DIR = ".nodestore"
+from .paths import CURRENT_MODELS, MODELS_DIR, NODE_YAML, PARAMS_YAML, STATE_DIR, TABLE_DIR  # noqa: F401
 
 
 class Node:
@@ -33,10 +28,24 @@ class Node:
     from .extend import extend
     from .remote import clone, fetch, pull, push, remote_add, remotes
     from .bundle import export_bundle
+    from .fsck import fsck
     from .models_store import add_checkpoint, current_models, list_checkpoints, set_current_model
 
     def __init__(self, path):
         self.path = Path(path).resolve()
+
+    def transaction(self, message: str | None = None, tags=(), **kwargs):
+        """``with node.transaction(message, tags=()) as tx:``: the one way to change the node
+        (see :mod:`nodestore.repo.transaction`)."""
+        from .transaction import Transaction
+
+        return Transaction(self, message, tags=tags, **kwargs)
+
+    def recover(self) -> str | None:
+        """Finish or undo a transaction a killed process left (done by ``open`` already)."""
+        from .transaction import recover
+
+        return recover(self)
 
     @classmethod
     def open(cls, path=".") -> "Node":
@@ -44,7 +53,9 @@ class Node:
         p = Path(path).resolve()
         for cand in (p, *p.parents):
             if (cand / NODE_YAML).exists() and (cand / ".git").exists():
-                return cls(cand)
+                node = cls(cand)
+                node.recover()
+                return node
         raise NotANodeError(f"{path} is not inside a nodestore node (no node.yaml); run `nodestore init SYSTEM`")
 
     # -- configuration ----------------------------------------------------
@@ -67,7 +78,10 @@ class Node:
 
     @property
     def system(self) -> list[str]:
-        return parse_system(self.config["system"])
+        try:
+            return parse_system(self.config["system"])
+        except ValidationError as exc:
+            raise SchemaError(f"{self.path / NODE_YAML}: system: {exc}") from None
 
     @property
     def name(self) -> str:
@@ -75,7 +89,11 @@ class Node:
 
     @property
     def state_dir(self) -> Path:
-        return self.path / STATE_DIR
+        p = self.path / STATE_DIR
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            raise ValidationError(f"{p} is a link or a file, not the node's state directory: refusing to write "
+                                  "through it (remove it; `nodestore fsck --repair` does)")
+        return p
 
     @functools.cached_property
     def git(self):

@@ -104,6 +104,7 @@ def remote_add(node, name: str, url: str, git_url: str | None = None, dvc_url: s
     from .checkout import _check_name
 
     _check_name(name, "remote")
+    url = str(url)
     if name in node.git.remotes.names():
         raise RevisionError(f"remote {name!r} already exists")
     local = _local_path(url)
@@ -211,6 +212,8 @@ def _fetch_objects(node, remote: str, commits: list) -> int:
 
     try:
         n = dvc.fetch(node.path, remote, revs=[str(c.id) for c in commits])
+    except IntegrityError:
+        raise  # an object on the remote does not parse or hash right: that is the message
     except NodestoreError:
         # a failed download: name the object that is missing or bad, if we can
         for c in commits:
@@ -316,7 +319,12 @@ def push(node, remote: str = "origin", branch: str | None = None) -> dict:
                 walker.hide(repo[oid].peel(pygit2.Commit).id)
             except (pygit2.GitError, ValueError):
                 pass
-    revs = [str(c.id) for c in walker]
+    commits = list(walker)
+    revs = [str(c.id) for c in commits]
+    # every object sent is hashed first: a corrupted local object fails the push before any ref moves
+    seen: set = set()
+    for c in commits:
+        verify_commit(node.path, repo, c, remove=False, seen=seen)
     local_objects = _local_path(_dvc_url(node, remote) or "")
     before = _dir_bytes(local_objects)
     objects = dvc.push(node.path, dvc_remote, revs=revs) if revs else 0
@@ -452,10 +460,8 @@ def pull(node, remote: str = "origin", branch: str | None = None, prefer: str | 
     if head.id == theirs.id or repo.descendant_of(head.id, theirs.id):
         return {**out, "result": "up to date"}
     if repo.descendant_of(theirs.id, head.id):
-        with git.git_errors(f"fast-forward {current}"):
-            repo.checkout_tree(theirs, strategy=pygit2.enums.CheckoutStrategy.FORCE)
-            repo.references[f"refs/heads/{current}"].set_target(theirs.id, f"pull: fast-forward to {got['ref']}")
-        dvc.checkout(node.path, force=True)
+        with node.transaction(f"pull: fast-forward to {got['ref']}", worktree=True) as tx:
+            tx.move_worktree(theirs, fast_forward=True)
         return {**out, "result": "fast-forward"}
     base = repo.merge_base(head.id, theirs.id)
     if base is not None:
@@ -482,7 +488,8 @@ def clone(cls, url, path, branch: str | None = None):
     import pygit2
 
     from . import dvc, git
-    from .node import NODE_YAML
+    from .paths import NODE_YAML
+    from .transaction import check_tree
 
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -510,6 +517,7 @@ def clone(cls, url, path, branch: str | None = None):
                     raise RevisionError(f"remote {url} has no branch {branch!r}") from None
                 raise
         node = cls(path)
+        check_tree(node.git, git.head_commit(node.git))  # before anything is written through the tree
         if not (node.path / NODE_YAML).exists():
             raise ValidationError(f"{url} does not hold a nodestore node (no {NODE_YAML})")
         with node_lock(node.state_dir):

@@ -1,0 +1,386 @@
+"""``nodestore fsck [--repair] [--remote NAME]``: check a node, and repair what is safe to repair.
+
+Checks, each problem reported with what to do:
+
+* the node's private state: an unfinished transaction (a dead writer's journal),
+  temporary files interrupted writers left, a ``.nodestore`` that is a link;
+* git: every ref resolves to a commit, every object of every commit reachable
+  from the refs reads back (libgit2 checks each object's hash as it reads it);
+* node.yaml and params.yaml against their schemas, the table manifest against
+  its schema, every segment and overlay it lists present in the work tree;
+* DVC objects: every object (``.dir`` listings expanded) named by the commits
+  of the local branches and tags hashes to its name; a missing object is a
+  problem for the tips only (older history need not be fetched);
+* the work tree's table and checkpoint files against the ``.dir`` listing of
+  HEAD when the work tree is HEAD's; each checkpoint directory against the
+  content hash in its name;
+* with ``--remote``: the remote's branches against the local ones, and, for a
+  remote on a local path, every object of their tips present and intact there.
+
+``--repair`` does only what is safe: it finishes or rolls back an interrupted
+transaction, drops temporary files, removes a ``.nodestore`` link, and removes
+corrupted objects from the local cache and fetches them again from the remote
+(then relinks the work tree).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nodestore.errors import NodestoreError
+
+from . import paths
+from .results import FsckProblem, FsckResult
+
+
+class _Report:
+    def __init__(self):
+        self.problems: list[FsckProblem] = []
+        self.checked = 0
+
+    def add(self, kind, what, message, fix, repaired=False):
+        self.problems.append(FsckProblem(kind=kind, what=what, message=message, fix=fix, repaired=repaired))
+
+
+def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
+    """Check the node (see the module docstring); with ``repair``, fix what is safe."""
+    rep = _Report()
+    _check_state(node, rep, repair)
+    from .lock import node_lock
+
+    with node_lock(node.state_dir):
+        _check_git(node, rep)
+        _check_documents(node, rep)
+        bad = _check_objects(node, rep)
+        _check_worktree(node, rep)
+        if remote is not None:
+            _check_remote(node, rep, remote)
+        if repair and bad:
+            _repair_objects(node, rep, bad, remote)
+    return FsckResult(checked=rep.checked, problems=rep.problems,
+                      repaired=sum(1 for p in rep.problems if p.repaired))
+
+
+# -- private state ---------------------------------------------------------------
+
+def _check_state(node, rep: _Report, repair: bool) -> None:
+    from .transaction import drop_temp_files, journal_path, recover
+
+    state = node.path / paths.STATE_DIR
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        done = False
+        if repair:
+            state.unlink()
+            done = True
+        rep.add("link", paths.STATE_DIR, f"{paths.STATE_DIR} is a link or a file, not the node's state directory",
+                "run `nodestore fsck --repair` (it removes the link)", done)
+        if not done:
+            return
+    rep.checked += 1
+    temp = _temp_files(node)  # before a recovery, which drops them too
+    if journal_path(node).is_file():
+        outcome = recover(node) if repair else None
+        rep.add("journal", str(journal_path(node).relative_to(node.path)),
+                "an interrupted transaction (its writer died) is not finished" + (f": {outcome}" if outcome else ""),
+                "run `nodestore fsck --repair` (or any nodestore command): it is rolled forward or back",
+                outcome is not None)
+    if temp:
+        if repair:
+            drop_temp_files(node)
+        for rel in temp:
+            rep.add("temp", rel, "a temporary file an interrupted writer left", "run `nodestore fsck --repair`", repair)
+
+
+def _temp_files(node) -> list[str]:
+    out = []
+    for d in ("", "data", paths.TABLE_DIR, paths.SEGMENTS_DIR, paths.OVERLAYS_DIR, paths.MODELS_DIR):
+        base = node.path / d if d else node.path
+        if base.is_dir():
+            out += [f"{d}/{n}" if d else n for n in os.listdir(base) if paths.is_temp(f"{d}/{n}" if d else n)]
+    return out
+
+
+# -- git ---------------------------------------------------------------------------
+
+def _roots(node) -> dict[str, object]:
+    """{ref name: commit} of local branches and tags (and HEAD)."""
+    import pygit2
+
+    from . import git
+
+    repo = node.git
+    out = {}
+    head = git.head_commit(repo)
+    if head is not None:
+        out["HEAD"] = head
+    for name in repo.references:
+        if not name.startswith(("refs/heads/", "refs/tags/")):
+            continue
+        try:
+            out[name] = repo.references[name].peel(pygit2.Commit)
+        except (pygit2.GitError, ValueError, KeyError):
+            pass  # reported by _check_git
+    return out
+
+
+def _check_git(node, rep: _Report) -> None:
+    import pygit2
+
+    repo = node.git
+    seen = set()
+    for name in list(repo.references):
+        if not name.startswith(("refs/heads/", "refs/tags/", "refs/remotes/")):
+            continue
+        try:
+            commit = repo.references[name].peel(pygit2.Commit)
+        except (pygit2.GitError, ValueError, KeyError) as exc:
+            rep.add("ref", name, f"does not resolve to a commit ({exc})",
+                    f"delete the ref or fetch it again (`nodestore fetch`)")
+            continue
+        rep.checked += 1
+        try:
+            for c in repo.walk(commit.id, pygit2.enums.SortMode.TOPOLOGICAL):
+                if c.id in seen:
+                    continue
+                seen.add(c.id)
+                _read_tree(repo, c.tree, seen)
+                rep.checked += 1
+        except (pygit2.GitError, KeyError, ValueError) as exc:
+            rep.add("git", name, f"the history of {name} cannot be read: {exc}",
+                    "clone the node again from a remote, or fetch the branch again")
+
+
+def _read_tree(repo, tree, seen) -> None:
+    import pygit2
+
+    for entry in tree:
+        if entry.id in seen:
+            continue
+        seen.add(entry.id)
+        obj = repo[entry.id]  # libgit2 checks the object's hash as it reads it
+        if entry.filemode == pygit2.enums.FileMode.TREE:
+            _read_tree(repo, obj, seen)
+        else:
+            obj.read_raw()
+
+
+# -- documents -----------------------------------------------------------------------
+
+def _check_documents(node, rep: _Report) -> None:
+    from nodestore.config import read_yaml
+    from nodestore.frames import FrameTable
+
+    for rel, schema in ((paths.NODE_YAML, "node"), (paths.PARAMS_YAML, "params")):
+        rep.checked += 1
+        try:
+            read_yaml(node.path / rel, schema)
+        except NodestoreError as exc:
+            rep.add("schema", rel, str(exc), f"fix {rel} by hand, or restore it with `nodestore checkout --force HEAD`")
+    rep.checked += 1
+    try:
+        table = FrameTable.open(node.path / paths.TABLE_DIR)
+    except NodestoreError as exc:
+        rep.add("manifest", paths.TABLE_MANIFEST, str(exc), "restore the table with `nodestore checkout --force HEAD`")
+        return
+    for f in table.files():
+        rep.checked += 1
+        if not f.is_file():
+            rep.add("manifest", f.relative_to(node.path).as_posix(), "listed by the table manifest but missing",
+                    "restore the table with `nodestore checkout --force HEAD` (after `nodestore pull` if the "
+                    "object is not in the local cache)")
+
+
+# -- DVC objects ----------------------------------------------------------------------
+
+def _check_objects(node, rep: _Report) -> dict[str, str]:
+    """Hash every object of the local branches' and tags' history; {md5: label} of bad ones."""
+    import pygit2
+
+    from . import dvc
+    from .remote import commit_objects
+
+    repo = node.git
+    roots = _roots(node)
+    tips = {c.id for c in roots.values()}
+    seen: dict[str, bool] = {}  # md5 -> ok
+    bad: dict[str, str] = {}
+    walked = set()
+    for name, tip in roots.items():
+        for c in repo.walk(tip.id, pygit2.enums.SortMode.TOPOLOGICAL):
+            if c.id in walked:
+                continue
+            walked.add(c.id)
+            for md5, label in commit_objects(node.path, repo, c):
+                _check_one(node, rep, md5, label, c, c.id in tips, seen, bad)
+                f = dvc.cache_file(node.path, md5)
+                if md5.endswith(".dir") and seen.get(md5) and f.exists():
+                    for entry in dvc.dir_listing(node.path, md5):
+                        _check_one(node, rep, entry["md5"], f"{label}/{entry['relpath']}", c, c.id in tips, seen, bad)
+    return bad
+
+
+def _check_one(node, rep, md5, label, commit, is_tip, seen, bad) -> None:
+    from . import dvc
+
+    if md5 in seen:
+        return
+    f = dvc.cache_file(node.path, md5)
+    if not f.exists():
+        if is_tip:
+            seen[md5] = False
+            bad[md5] = label
+            rep.add("object", md5, f"object {md5} ({label}) of commit {str(commit.id)[:10]} is missing from the "
+                    "local cache", "run `nodestore fsck --repair --remote NAME` or `nodestore pull`")
+        return
+    rep.checked += 1
+    ok = dvc.file_md5(f) == md5.removesuffix(".dir")
+    seen[md5] = ok
+    if not ok:
+        bad[md5] = label
+        rep.add("object", md5, f"object {md5} ({label}) is corrupted: its content does not hash to its name",
+                "run `nodestore fsck --repair --remote NAME`: it is removed and fetched again")
+
+
+# -- the work tree --------------------------------------------------------------------
+
+def _check_worktree(node, rep: _Report) -> None:
+    """Work-tree files of the tracked directories against HEAD's listing, where the work tree is HEAD's."""
+    from . import dvc, git
+    from .models_store import checkpoint_hash
+
+    head = git.head_commit(node.git)
+    if head is None:
+        return
+    for tracked in dvc.TRACKED:
+        md5 = node.artifact_md5(head, tracked)
+        if md5 is None or not dvc.cache_file(node.path, md5).exists():
+            continue
+        try:
+            listing = {e["relpath"]: e["md5"] for e in dvc.dir_listing(node.path, md5)}
+        except NodestoreError:
+            continue
+        base = node.path / tracked
+        for rel, want in listing.items():
+            f = base / rel
+            if not f.is_file():
+                continue  # a work-tree change (status shows it), not damage
+            cache = dvc.cache_file(node.path, want)
+            try:
+                same_inode = cache.exists() and os.stat(cache).st_ino == os.stat(f).st_ino
+            except OSError:
+                same_inode = False
+            if same_inode:
+                continue  # the object itself was hashed above
+            if rel.startswith("segments/") or rel.startswith("overlays/"):
+                rep.checked += 1
+                if dvc.file_md5(f) != want:  # content-addressed names: same name, other bytes is damage
+                    rep.add("worktree", f"{tracked}/{rel}", "the work-tree file does not match the object HEAD "
+                            "records under its name", "run `nodestore checkout --force HEAD`")
+    models = node.path / paths.MODELS_DIR
+    if models.is_dir():
+        for d in sorted(models.iterdir()):
+            if d.is_dir() and (d / "meta.json").exists() and "-" in d.name and not d.name.startswith("."):
+                rep.checked += 1
+                want = d.name.rsplit("-", 1)[1]
+                if len(want) == 16 and checkpoint_hash(d) != want:
+                    rep.add("checkpoint", f"{paths.MODELS_DIR}/{d.name}",
+                            "the checkpoint's files do not hash to the id in its name",
+                            "run `nodestore checkout --force HEAD` (or fsck --repair --remote NAME if its objects "
+                            "are damaged)")
+
+
+# -- remote ---------------------------------------------------------------------------
+
+def _check_remote(node, rep: _Report, remote: str) -> None:
+    import pygit2
+
+    from . import dvc
+    from .remote import _dvc_url, _git_remote, _local_path, _remote_heads, commit_objects
+
+    repo = node.git
+    git_remote = _git_remote(node, remote)
+    try:
+        heads = _remote_heads(node, git_remote.url)
+    except NodestoreError as exc:
+        rep.add("remote", remote, str(exc), "check the remote's URL (`nodestore remote list`)")
+        return
+    rep.checked += 1
+    for name in repo.branches.local:
+        ref = f"refs/heads/{name}"
+        theirs = heads.get(ref)
+        mine = repo.branches.local[name].target
+        if theirs is None:
+            rep.add("remote", f"{remote}/{name}", f"{remote} has no branch {name}", f"`nodestore push {remote} --branch {name}`")
+        elif theirs != mine and theirs in repo and repo.descendant_of(mine, theirs):
+            rep.add("remote", f"{remote}/{name}", f"{remote}/{name} is behind {name}", f"`nodestore push {remote} --branch {name}`")
+        elif theirs != mine and theirs not in repo:
+            rep.add("remote", f"{remote}/{name}", f"{remote}/{name} has commits this node lacks",
+                    f"`nodestore pull {remote} --branch {name}`")
+    objects = _local_path(_dvc_url(node, remote) or "")
+    if objects is None:
+        return  # a network remote: its objects are checked when fetched
+    base = objects / "files" / "md5"
+    for ref, oid in heads.items():
+        if not ref.startswith("refs/heads/") or oid not in repo:
+            continue
+        commit = repo[oid].peel(pygit2.Commit)
+        for md5, label in commit_objects(node.path, repo, commit):
+            names = [(md5, label)]
+            f = base / md5[:2] / md5[2:]
+            if f.exists() and md5.endswith(".dir") and dvc.file_md5(f) == md5.removesuffix(".dir"):
+                import json
+
+                names += [(e["md5"], f"{label}/{e['relpath']}") for e in json.loads(f.read_text())]
+            for m, lab in names:
+                g = base / m[:2] / m[2:]
+                rep.checked += 1
+                if not g.exists():
+                    rep.add("remote", m, f"{remote} lacks object {m} ({lab}) of {ref.removeprefix('refs/heads/')}",
+                            f"`nodestore push {remote}` from a node that holds it")
+                elif dvc.file_md5(g) != m.removesuffix(".dir"):
+                    rep.add("remote", m, f"object {m} ({lab}) on {remote} is corrupted",
+                            f"delete {g} and `nodestore push {remote}` from a node that holds it intact")
+
+
+# -- repair ----------------------------------------------------------------------------
+
+def _repair_objects(node, rep: _Report, bad: dict[str, str], remote: str | None) -> None:
+    """Remove the corrupted objects and fetch every bad one again from ``remote``; relink the work tree."""
+    from . import dvc
+    from .remote import _dvc_url
+
+    for md5 in bad:
+        f = dvc.cache_file(node.path, md5)
+        if f.exists() and dvc.file_md5(f) != md5.removesuffix(".dir"):
+            f.unlink()
+    if remote is None or not _dvc_url(node, remote):
+        return
+    revs = sorted({str(c.id) for c in _roots(node).values()})
+    try:
+        dvc.fetch(node.path, remote, revs=revs)
+    except NodestoreError:
+        pass  # what is still missing is reported below
+    fixed = {md5 for md5 in bad
+             if dvc.cache_file(node.path, md5).exists()
+             and dvc.file_md5(dvc.cache_file(node.path, md5)) == md5.removesuffix(".dir")}
+    if fixed:
+        # work-tree files that were links to a bad object still hold its bytes: relink them
+        from . import git
+
+        head = git.head_commit(node.git)
+        for tracked in dvc.TRACKED if head is not None else ():
+            md5 = node.artifact_md5(head, tracked)
+            if md5 is None or not dvc.cache_file(node.path, md5).exists():
+                continue
+            for e in dvc.dir_listing(node.path, md5):
+                f = node.path / tracked / e["relpath"]
+                if e["md5"] in fixed and f.is_file() and dvc.file_md5(f) != e["md5"]:
+                    f.unlink()
+        try:
+            dvc.checkout(node.path, force=True)
+        except NodestoreError:
+            pass
+    rep.problems = [p if not (p.kind == "object" and p.what in fixed) else
+                    FsckProblem(kind=p.kind, what=p.what, message=p.message, fix=p.fix, repaired=True)
+                    for p in rep.problems]

@@ -1,0 +1,200 @@
+"""Fuzzing every parser of user input: a value is accepted or refused with one NodestoreError, never
+another exception, never a hang.  Small counts by default; ``pytest --large`` runs 2,000 per parser."""
+
+import io
+import json
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from nodestore.errors import NodestoreError  # noqa: E402
+
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -1.0, 1e-4, 1e308, 3.5]))
+NUM_TEXT = st.one_of(FLOATS.map(repr), st.sampled_from(["", "x", "1e309", "-0", "nan", "inf", "1(2)", "3.5"]))
+LIMIT_S = 10.0
+
+
+def fuzz(f):
+    """The hypothesis settings of this run (the profile ``--large`` selects)."""
+    return settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)(f)
+
+
+def accepted_or_refused(fn, *args):
+    t0 = time.perf_counter()
+    try:
+        fn(*args)
+    except NodestoreError:
+        pass
+    assert time.perf_counter() - t0 < LIMIT_S, "took longer than 10 s"
+
+
+def read(tmp_path_factory, name, data):
+    from nodestore.frames import FrameBatch
+    from nodestore.frames.io import read_file
+    from nodestore.frames.validate import Rules, validate_batch
+
+    d = tmp_path_factory.mktemp("fz")
+    p = d / name
+    p.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
+
+    def go():
+        images = read_file(p)
+        validate_batch(FrameBatch.from_atoms(images), Rules(elements=frozenset(["Li", "P", "S"])))
+
+    accepted_or_refused(go)
+
+
+CIF_TEMPLATE = """data_x
+_cell_length_a {a}
+_cell_length_b {b}
+_cell_length_c {c}
+_cell_angle_alpha {al}
+_cell_angle_beta {be}
+_cell_angle_gamma {ga}
+_symmetry_space_group_name_H-M '{sg}'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+{sites}
+"""
+
+
+@fuzz
+@given(a=NUM_TEXT, b=NUM_TEXT, c=NUM_TEXT, al=NUM_TEXT, be=NUM_TEXT, ga=NUM_TEXT,
+       sg=st.sampled_from(["P 1", "F m -3 m", "P 63/m m c", "Q 9", ""]),
+       sites=st.lists(st.tuples(st.sampled_from(["Li", "S", "P", "Xx", ""]), NUM_TEXT, NUM_TEXT, NUM_TEXT, NUM_TEXT),
+                      max_size=4),
+       bom=st.booleans(), junk=st.text(max_size=20))
+def test_fuzz_cif(tmp_path_factory, a, b, c, al, be, ga, sg, sites, bom, junk):
+    lines = "\n".join(f"{s}{i} {s} {x} {y} {z} {o}" for i, (s, x, y, z, o) in enumerate(sites))
+    text = CIF_TEMPLATE.format(a=a, b=b, c=c, al=al, be=be, ga=ga, sg=sg, sites=lines) + junk
+    read(tmp_path_factory, "f.cif", ("\ufeff" if bom else "") + text)
+
+
+@fuzz
+@given(scale=NUM_TEXT, cell=st.lists(NUM_TEXT, min_size=9, max_size=9), counts=st.lists(st.integers(-2, 10 ** 9), max_size=3),
+       coords=st.lists(NUM_TEXT, max_size=12), direct=st.booleans())
+def test_fuzz_poscar(tmp_path_factory, scale, cell, counts, coords, direct):
+    rows = [" ".join(cell[i:i + 3]) for i in (0, 3, 6)]
+    species = " ".join(["Li", "S", "P"][:len(counts)])
+    text = "\n".join(["x", scale, *rows, species, " ".join(map(str, counts)), "Direct" if direct else "Cartesian",
+                      *(" ".join(coords[i:i + 3]) for i in range(0, len(coords), 3))]) + "\n"
+    read(tmp_path_factory, "POSCAR", text)
+
+
+@fuzz
+@given(n=st.one_of(st.integers(-3, 12), st.sampled_from([10 ** 9, 2 ** 63])), lattice=st.lists(NUM_TEXT, min_size=9, max_size=9),
+       energy=st.one_of(st.none(), NUM_TEXT), atoms=st.lists(st.tuples(st.sampled_from(["Li", "S", "Q"]), NUM_TEXT, NUM_TEXT, NUM_TEXT),
+                                                             max_size=4), frames=st.integers(1, 3))
+def test_fuzz_extxyz(tmp_path_factory, n, lattice, energy, atoms, frames):
+    head = f'Lattice="{" ".join(lattice)}" Properties=species:S:1:pos:R:3 ' + (f"energy={energy} " if energy is not None else "") + 'pbc="T T T"'
+    body = "\n".join(f"{s} {x} {y} {z}" for s, x, y, z in atoms)
+    text = "".join(f"{n}\n{head}\n{body}\n" for _ in range(frames))
+    read(tmp_path_factory, "f.xyz", text)
+
+
+JSON = st.recursive(st.one_of(st.none(), st.booleans(), FLOATS, st.integers(), st.text(max_size=8)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                    max_leaves=20)
+
+
+@fuzz
+@given(doc=JSON, cls=st.sampled_from([None, "Structure", "ComputedStructureEntry", "Molecule"]))
+def test_fuzz_pymatgen_json(tmp_path_factory, doc, cls):
+    if cls and isinstance(doc, dict):
+        doc["@class"] = cls
+        doc["@module"] = "pymatgen.core.structure"
+    read(tmp_path_factory, "f.json", json.dumps(doc, allow_nan=True))
+
+
+QUERY_TOKENS = st.sampled_from(["e_hull", "energy", "novel", "formula", "and", "or", "not", "<", ">=", "==", "in",
+                                "[", "]", "(", ")", "'Li2S'", "0.1", "-", "nan", "__import__", ".", ",", "lambda", "x", " "])
+
+
+@pytest.fixture(scope="module")
+def small_table(tmp_path_factory):
+    from conftest import REFERENCE_FILES
+    from nodestore import as_frames
+    from nodestore.frames import FrameTable
+
+    t = FrameTable.create(tmp_path_factory.mktemp("tbl") / "t")
+    t.append(as_frames(REFERENCE_FILES))
+    return t
+
+
+@fuzz
+@given(tokens=st.lists(QUERY_TOKENS, max_size=30), repeat=st.sampled_from([1, 1, 1, 5000]))
+def test_fuzz_query(small_table, tokens, repeat):
+    from nodestore.loop.query import select_rows
+
+    expr = " ".join(tokens) * repeat
+    accepted_or_refused(select_rows, small_table, expr)
+
+
+@fuzz
+@given(doc=JSON, section=st.sampled_from(["import", "loop", "match", "generate"]))
+def test_fuzz_params_and_node_yaml(tmp_path_factory, doc, section):
+    from nodestore.config import default_params, read_yaml
+
+    d = tmp_path_factory.mktemp("y")
+    params = default_params()
+    params[section] = doc
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    accepted_or_refused(read_yaml, d / "params.yaml", "params")
+    (d / "node.yaml").write_text(yaml.safe_dump({"schema_version": 1, "system": doc, "node_id": "x"}))
+    accepted_or_refused(read_yaml, d / "node.yaml", "node")
+
+
+@fuzz
+@given(url=st.one_of(st.text(max_size=40), st.sampled_from(["s3://b/x", "ssh://h/p", "file:///tmp/x", "http://", "::", "a:b"])),
+       git_url=st.one_of(st.none(), st.text(max_size=20)), dvc_url=st.one_of(st.none(), st.text(max_size=20)))
+def test_fuzz_remote_urls(url, git_url, dvc_url):
+    from nodestore.repo.remote import split_url
+
+    if "\x00" in url + (git_url or "") + (dvc_url or ""):
+        return  # not a path any OS accepts
+    accepted_or_refused(split_url, url, git_url, dvc_url)
+
+
+@fuzz
+@given(members=st.lists(st.tuples(st.sampled_from(["manifest.json", "node.git/HEAD", "objects/files/md5/ab/cd", "../x",
+                                                   "/abs", "other", "node.git/../../y"]),
+                                  st.binary(max_size=64), st.sampled_from(["file", "dir", "sym"])), max_size=5),
+       raw=st.one_of(st.none(), st.binary(max_size=200)))
+def test_fuzz_bundles(tmp_path_factory, members, raw):
+    from nodestore.repo.bundle import safe_extract
+
+    d = tmp_path_factory.mktemp("b")
+    p = d / "x.nsbundle"
+    if raw is not None:
+        p.write_bytes(raw)
+    else:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data, kind in members:
+                info = tarfile.TarInfo(name)
+                if kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                    tar.addfile(info)
+                elif kind == "sym":
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                    tar.addfile(info)
+                else:
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        p.write_bytes(buf.getvalue())
+    out = d / "out"
+    out.mkdir()
+    accepted_or_refused(safe_extract, p, out)
+    assert not (d / "x").exists() and not (d.parent / "y").exists()
