@@ -141,6 +141,8 @@ def run(args) -> list[dict]:
                                        "n_train": m["n_train"], "n_val": m["n_val"],
                                        "frozen_backbone": m["frozen_backbone"]}
                 rows.append(row)
+                if args.partial is not None:  # every row on disk as soon as it is measured
+                    args.partial.write_text(json.dumps(rows, indent=1))
                 ft = row.get("finetuned")
                 print(f"  N={n:>3}: offset E {off['energy_rmse_mev']:.2f} meV/atom"
                       + (f" | fine-tuned E {ft['energy_rmse_mev']:.2f} meV/atom, F {ft['force_rmse']:.3f} eV/A "
@@ -235,8 +237,9 @@ def main(argv=None):
         args.recipe[key] = yaml.safe_load(value)
     args.budget = lambda n: max(args.budget_min, min(args.budget_max, args.budget_per_frame * n))
     t0 = time.perf_counter()
-    rows = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.partial = args.out / "learning_curve.partial.json"
+    rows = run(args)
     doc = {"recipe": args.recipe, "sizes": args.sizes, "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     (args.out / "learning_curve.json").write_text(json.dumps(doc, indent=1))
     plot(rows, args.out / "learning_curve.png")
