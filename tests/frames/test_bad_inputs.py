@@ -56,10 +56,10 @@ def test_a_good_cif_still_reads(tmp_path):
     ("short.xyz", XYZ.format(extra="", x="1.75").replace("2\n", "9\n", 1), "only"),
 ])
 def test_malformed_files_are_refused_quickly(tmp_path, name, text, match):
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: a busy machine's other processes do not count
     with pytest.raises(ValidationError, match=match):
         read_file(write(tmp_path, name, text))
-    assert time.perf_counter() - t0 < 10
+    assert time.process_time() - t0 < 10
 
 
 def test_a_cif_with_a_byte_order_mark_reads(tmp_path):
