@@ -128,12 +128,6 @@ class SevennetForceField(ForceField):
             loss = loss + weights["stress"] * stress_loss(-stress[:, _VOIGT_FROM_SEVENN], frames)
         return loss
 
-    def _head_parameters(self):
-        for name in self.head_modules:
-            mod = self.model._modules.get(name)
-            if mod is not None:
-                yield from mod.parameters()
-
     def _save_files(self, directory):
         import torch
         torch.save(_weights(self.model.state_dict()), Path(directory) / WEIGHTS)
