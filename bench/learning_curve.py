@@ -89,7 +89,8 @@ def _errors(pred_e, pred_f, frames, shift=None):
         de.append((e + s - a.get_potential_energy()) / len(a))
         df.append((f - a.get_forces()).ravel())
     de, df = np.array(de), np.concatenate(df)
-    return {"energy_rmse_mev": float(np.sqrt(np.mean(de ** 2)) * 1000), "force_rmse": float(np.sqrt(np.mean(df ** 2)))}
+    return {"energy_rmse_mev": float(np.sqrt(np.mean(de ** 2)) * 1000),
+            "energy_bias_mev": float(np.mean(de) * 1000), "force_rmse": float(np.sqrt(np.mean(df ** 2)))}
 
 
 def run(args) -> list[dict]:
@@ -145,7 +146,7 @@ def run(args) -> list[dict]:
                     args.partial.write_text(json.dumps(rows, indent=1))
                 ft = row.get("finetuned")
                 print(f"  N={n:>3}: offset E {off['energy_rmse_mev']:.2f} meV/atom"
-                      + (f" | fine-tuned E {ft['energy_rmse_mev']:.2f} meV/atom, F {ft['force_rmse']:.3f} eV/A "
+                      + (f" | fine-tuned E {ft['energy_rmse_mev']:.2f} meV/atom (bias {ft['energy_bias_mev']:+.2f}), F {ft['force_rmse']:.3f} eV/A "
                          f"({row['finetune']['seconds']:.0f} s, {row['finetune']['epochs']} epochs, best "
                          f"{row['finetune']['best_epoch']})" if ft else ""), flush=True)
             del ff

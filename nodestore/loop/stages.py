@@ -216,10 +216,14 @@ def screen(node, k: int) -> dict:
     _pause_for_tests("screen")
     relax = dict(fmax=float(p.get("fmax", 0.1)), steps=int(p.get("steps", 60)),
                  relax_cell=bool(p.get("relax_cell", True)))
-    relaxed = ff.relax(images, **relax) if images else []
-    # the force-field hull: its own energies of the reference phases, relaxed the same way
-    refs = reference_structures(node.system)
-    ref_relaxed = ff.relax(refs, **relax)
+    # the force-field hull: its own energies of the reference phases, relaxed the same way and in
+    # the same batched call as the candidates (one model evaluation per step for all of them)
+    # in their primitive cells: the same energy per atom (alpha-S: 32 atoms instead of 128)
+    from .actions import primitive
+
+    refs = [primitive(a) for a in reference_structures(node.system)]
+    both = ff.relax(images + refs, **relax)
+    relaxed, ref_relaxed = both[:len(images)], both[len(images):]
     out_images = []
     for src, r in zip(images, relaxed):
         a = r["atoms"]
