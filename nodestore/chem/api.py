@@ -366,6 +366,9 @@ def query(table, expr: str) -> np.ndarray:
             return col(node.id)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             v = value(node.operand)
+            if isinstance(v, (str, bytes, list)) or (isinstance(v, (np.ndarray, np.generic)) and v.dtype.kind not in "iuf"):
+                raise ValidationError(f"bad query {expr!r}: a sign before {ast.unparse(node.operand)!r}, "
+                                      "which is not a number")
             return -v if isinstance(node.op, ast.USub) else v
         if isinstance(node, (ast.List, ast.Tuple)):
             return [value(e) for e in node.elts]

@@ -283,8 +283,11 @@ def fsck(ctx, repair, remote_name, as_json):
 
     r = open_node(ctx).fsck(repair=repair, remote=remote_name)
     if as_json:
-        echo_json({"checked": r.checked, "clean": r.clean, "repaired": r.repaired, "problems": r.problems})
+        echo_json({"checked": r.checked, "clean": r.clean, "repaired": r.repaired, "problems": r.problems,
+                   "warnings": r.warnings})
     else:
+        for p in r.warnings:
+            click.echo(f"warning: [{p.kind}] {p.what}: {p.message}\n  fix: {p.fix}")
         for p in r.problems:
             state = "repaired" if p.repaired else "problem"
             click.echo(f"{state}: [{p.kind}] {p.what}: {p.message}" + ("" if p.repaired else f"\n  fix: {p.fix}"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from nodestore.errors import BackendError
+from nodestore.models import _checkpoint as ckpt
 from nodestore.models.forcefield import ForceField
 
 WEIGHTS = "model.pt"
@@ -103,7 +104,6 @@ class ChgnetForceField(ForceField):
 
     @classmethod
     def _from_files(cls, directory, meta):
-        import torch
         from chgnet.model import CHGNet
 
         arch = meta["architecture"]
@@ -111,7 +111,7 @@ class ChgnetForceField(ForceField):
             raise BackendError(f"{directory}: architecture {arch['name']!r} is not a CHGNet architecture")
         with _quiet():
             model = CHGNet(**arch["config"]["model_args"])
-        state = torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
+        state = ckpt.load_weights(Path(directory) / WEIGHTS)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nodestore.errors import BackendError
+from nodestore.models import _checkpoint as ckpt
 from nodestore.models.forcefield import ForceField
 
 WEIGHTS = "model.pt"
@@ -90,12 +91,15 @@ class OrbForceField(ForceField):
                 except Exception as exc:  # no network, bad cache, ...
                     raise BackendError(f"cannot fetch orb weights {pretrained!r}: {exc}") from exc
             elif weights is not None:
-                from orb_models.forcefield.pretrained import load_model
+                from orb_models.utils import set_torch_precision
+
+                state = ckpt.load_weights(Path(weights))  # weights only: a pickled object is refused
+                _module = _module.to(set_torch_precision("float32-highest"))
                 try:
-                    _module = load_model(_module, str(weights), device=device, precision="float32-highest",
-                                         compile=False, train=False)
+                    _module.load_state_dict(state, strict=True)
                 except RuntimeError as exc:
                     raise BackendError(f"{weights}: weights do not fit orb architecture {architecture!r}: {exc}") from exc
+                _module = _module.to(device).train(False)
         super().__init__({"name": architecture, "config": config}, batch_size=batch_size)
         self.device = device
         self.model = _module.to(device).eval()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nodestore.errors import BackendError
+from nodestore.models import _checkpoint as ckpt
 from nodestore.models.forcefield import ForceField
 
 WEIGHTS = "model.pt"
@@ -134,14 +135,12 @@ class SevennetForceField(ForceField):
 
     @classmethod
     def _from_files(cls, directory, meta):
-        import torch
-
         arch = meta["architecture"]
         cfg = arch.get("config", {})
         if cfg.get("pretrained") not in PRETRAINED:
             raise BackendError(f"{directory}: architecture {arch['name']!r} is not a SevenNet architecture")
         model, config = _build(cfg["pretrained"])
-        state = torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
+        state = ckpt.load_weights(Path(directory) / WEIGHTS)
         try:
             missing, _ = model.load_state_dict(_weights(state), strict=False)
             missing = [k for k in missing if not _is_codegen_constant(k)]

@@ -509,15 +509,13 @@ class ForceField(abc.ABC):
             from nodestore.models.registry import load_checkpoint
             return load_checkpoint(directory, kind=KIND)
         meta = ckpt.read_meta(directory, kind=KIND, backend=cls.backend)
+        ckpt.verify(directory, meta)  # before anything of it is read
         ff = cls._from_files(directory, meta)
         ff.references = ReferenceEnergies.load(directory)
         ff.parent = meta[ckpt.K_PARENT]
         ff.training_frames = list(meta[ckpt.K_FRAMES])
         ff.metrics = dict(meta[ckpt.K_METRICS])
         ff.hash = meta[ckpt.K_HASH]
-        if ckpt.tree_hash(directory) != ff.hash:
-            from nodestore.errors import IntegrityError
-            raise IntegrityError(f"{directory}: files do not match the hash in meta.json")
         return ff
 
     def as_calculator(self) -> "ForceFieldCalculator":

@@ -91,6 +91,7 @@ class Generator(abc.ABC):
             from nodestore.models.registry import load_checkpoint
             return load_checkpoint(directory, kind=KIND)
         meta = ckpt.read_meta(directory, kind=KIND, backend=cls.backend)
+        ckpt.verify(directory, meta)
         gen = cls.from_state(json.loads((directory / STATE).read_text()))
         gen.parent, gen.hash = meta[ckpt.K_PARENT], meta[ckpt.K_HASH]
         gen.trained_on, gen.metrics = list(meta[ckpt.K_FRAMES]), dict(meta[ckpt.K_METRICS])

@@ -14,6 +14,13 @@ Checks, each problem reported with what to do:
 * the work tree's table and checkpoint files against the ``.dir`` listing of
   HEAD when the work tree is HEAD's; each checkpoint directory against the
   content hash in its name;
+* the method map: every method of a labeller's rows (origin ``labelled`` or
+  ``relax-step``) is recorded in node.yaml's ``methods``; a recorded method that
+  no row carries, or a force field on a method the node has no label of, is a
+  warning;
+* lineage: every checkpoint's ``parent`` is a checkpoint of ``models/`` (null for
+  a pretrained start), every training frame of a force field is a frame of the
+  table, and every row a force field produced names a checkpoint of ``models/``;
 * with ``--remote``: the remote's branches against the local ones, and, for a
   remote on a local path, every object of their tips present and intact there.
 
@@ -37,10 +44,14 @@ from .results import FsckProblem, FsckResult
 class _Report:
     def __init__(self):
         self.problems: list[FsckProblem] = []
+        self.warnings: list[FsckProblem] = []
         self.checked = 0
 
     def add(self, kind, what, message, fix, repaired=False):
         self.problems.append(FsckProblem(kind=kind, what=what, message=message, fix=fix, repaired=repaired))
+
+    def warn(self, kind, what, message, fix):
+        self.warnings.append(FsckProblem(kind=kind, what=what, message=message, fix=fix))
 
 
 def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
@@ -51,7 +62,11 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
 
     with node_lock(node.state_dir):
         _check_git(node, rep)
-        _check_documents(node, rep)
+        table = _check_documents(node, rep)
+        if table is not None:
+            checkpoints = _read_checkpoints(node)
+            _check_methods(node, rep, table, checkpoints)
+            _check_lineage(rep, table, checkpoints)
         bad = _check_objects(node, rep)
         _check_worktree(node, rep)
         if remote is not None:
@@ -59,7 +74,7 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
         if repair and bad:
             _repair_objects(node, rep, bad, remote)
     return FsckResult(checked=rep.checked, problems=rep.problems,
-                      repaired=sum(1 for p in rep.problems if p.repaired))
+                      repaired=sum(1 for p in rep.problems if p.repaired), warnings=rep.warnings)
 
 
 # -- private state ---------------------------------------------------------------
@@ -167,7 +182,8 @@ def _read_tree(repo, tree, seen) -> None:
 
 # -- documents -----------------------------------------------------------------------
 
-def _check_documents(node, rep: _Report) -> None:
+def _check_documents(node, rep: _Report):
+    """node.yaml, params.yaml and the table manifest; the work tree's table, or None when it cannot be opened."""
     from nodestore.config import read_yaml
     from nodestore.frames import FrameTable
 
@@ -182,13 +198,111 @@ def _check_documents(node, rep: _Report) -> None:
         table = FrameTable.open(node.path / paths.TABLE_DIR)
     except NodestoreError as exc:
         rep.add("manifest", paths.TABLE_MANIFEST, str(exc), "restore the table with `nodestore checkout --force HEAD`")
-        return
+        return None
+    complete = True
     for f in table.files():
         rep.checked += 1
         if not f.is_file():
+            complete = False
             rep.add("manifest", f.relative_to(node.path).as_posix(), "listed by the table manifest but missing",
                     "restore the table with `nodestore checkout --force HEAD` (after `nodestore pull` if the "
                     "object is not in the local cache)")
+    return table if complete else None
+
+
+# -- method map and lineage -------------------------------------------------------------
+
+#: origins of the rows a labeller computed: their method is recorded in node.yaml's methods in the same commit
+LABELLER_ORIGINS = ("labelled", "relax-step")
+#: method names of energies a force field predicted (the loop's screen), not a labeller's
+FF_METHOD_PREFIX = "ff:"
+
+
+def _read_checkpoints(node) -> dict[str, dict]:
+    """{directory name: meta.json} of the work tree's checkpoints (unreadable ones are left to the hash checks)."""
+    import json
+
+    out = {}
+    models = node.path / paths.MODELS_DIR
+    if not models.is_dir():
+        return out
+    for d in sorted(models.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and (d / "meta.json").is_file():
+            try:
+                meta = json.loads((d / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict):
+                out[d.name] = meta
+    return out
+
+
+def _check_methods(node, rep: _Report, table, checkpoints: dict[str, dict]) -> None:
+    import numpy as np
+
+    from nodestore.config import read_yaml
+
+    try:
+        cfg = read_yaml(node.path / paths.NODE_YAML, "node")
+    except NodestoreError:
+        return  # reported by _check_documents
+    recorded = set((cfg.get("methods") or {}))
+    method = table.column("method") if len(table) else np.array([], dtype=str)
+    origin = table.column("origin") if len(table) else np.array([], dtype=str)
+    used = {str(m) for m in np.unique(method) if m}
+    by_labeller = {str(m) for m in np.unique(method[np.isin(origin, LABELLER_ORIGINS)])
+                   if m and not str(m).startswith(FF_METHOD_PREFIX)}
+    for m in sorted(by_labeller - recorded):
+        rep.checked += 1
+        n = int(((method == m) & np.isin(origin, LABELLER_ORIGINS)).sum())
+        rep.add("method", m, f"{n} labelled row(s) carry method {m!r}, which node.yaml's methods does not record "
+                "(the settings behind the name are lost, so new labels cannot be checked against them)",
+                f"restore node.yaml's methods from the commit that labelled them (`nodestore checkout --force HEAD` "
+                f"if only the work tree's node.yaml was edited), or re-label with `nodestore label`, which records {m!r}")
+    rep.checked += len(by_labeller & recorded)
+    for m in sorted(recorded - used):
+        rep.warn("method", m, f"node.yaml's methods records {m!r}, but no row of the table carries it",
+                 "nothing to do if its labels were removed on purpose; otherwise restore the table "
+                 "(`nodestore checkout --force HEAD`)")
+    for name, meta in checkpoints.items():
+        em = (meta.get("reference_energies") or {}).get("method")
+        if meta.get("kind") == "forcefield" and em and em not in used and em not in recorded:
+            rep.warn("method", f"{paths.MODELS_DIR}/{name}", f"the force field predicts on the energy scale of "
+                     f"{em!r}, a method with no label in this node",
+                     "nothing to do for a checkpoint brought from another node; to use it here, fine-tune it on "
+                     "this node's labels (`nodestore train`)")
+
+
+def _check_lineage(rep: _Report, table, checkpoints: dict[str, dict]) -> None:
+    import numpy as np
+
+    hashes = {m.get("hash") for m in checkpoints.values() if m.get("hash")}
+    frame_ids = set(table.column("frame_id").tolist()) if len(table) else set()
+    for name, meta in checkpoints.items():
+        where = f"{paths.MODELS_DIR}/{name}"
+        rep.checked += 1
+        parent = meta.get("parent")
+        if parent and parent not in hashes:
+            rep.add("lineage", where, f"its parent checkpoint {parent} (the model it was trained from) is not in "
+                    f"{paths.MODELS_DIR}/", "restore the models with `nodestore checkout --force HEAD` (after "
+                    "`nodestore fsck --repair --remote NAME` or `nodestore pull` if objects are missing); a "
+                    "checkpoint copied in from another node needs its parent copied with it")
+        if meta.get("kind") != "forcefield":
+            continue  # a generator learns from proposals, which are not frames of the table
+        missing = [f for f in (meta.get("training_frames") or []) if f not in frame_ids]
+        if missing:
+            rep.add("lineage", where, f"{len(missing)} of the {len(meta['training_frames'])} frames it was trained "
+                    f"on are not in the table (first: {missing[0]})",
+                    "restore the table with `nodestore checkout --force HEAD`, or merge the branch that holds "
+                    "those frames; a checkpoint trained elsewhere needs its frames imported too")
+    if len(table):
+        made_by = table.column("checkpoint")
+        for h in sorted({str(c) for c in np.unique(made_by) if c} - hashes):
+            rep.checked += 1
+            n = int((made_by == h).sum())
+            rep.add("lineage", h, f"{n} row(s) were predicted by checkpoint {h}, which is not in {paths.MODELS_DIR}/",
+                    "restore the models with `nodestore checkout --force HEAD` (or `nodestore fsck --repair "
+                    "--remote NAME` if its objects are damaged)")
 
 
 # -- DVC objects ----------------------------------------------------------------------

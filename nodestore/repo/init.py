@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import shutil
+import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from nodestore.config import default_params, parse_system, system_name, write_yaml
@@ -33,19 +37,55 @@ def init(cls, system, path=None, reference_method: str = DEFAULT_REFERENCE_METHO
     ``files`` are extra text files (relative path -> content) of the first
     commit, e.g. the loop's ``dvc.yaml`` written by the layer above.
     """
+    elements = parse_system(system)
+    path = Path(path if path is not None else system_name(elements))
+    check_target(path)
+    with building(path, "init") as tmp:
+        _build(cls, tmp, elements, reference_method, params, lineage, node_id, message, files)
+    return cls(path)
+
+
+def check_target(path: Path) -> None:
+    """Refuse a path that holds a repository or anything else (an empty directory is fine)."""
+    from .paths import NODE_YAML
+
+    if (path / NODE_YAML).exists() or (path / ".git").exists():
+        raise ValidationError(f"{path} already holds a repository; choose another path")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValidationError(f"{path} exists and is not empty")
+
+
+@contextmanager
+def building(path: Path, verb: str):
+    """A temporary sibling directory of ``path`` to build a new node in, renamed to ``path`` at the end.
+
+    A process killed while building leaves no node at ``path`` (only the hidden temporary
+    directory, ``.NAME.VERB-XXXX``), so running the verb again starts afresh; an error removes it.
+    """
+    from nodestore.faults import pause
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{verb}-", dir=path.parent))
+    try:
+        yield tmp
+        pause(f"{verb}:built")
+        try:
+            os.rename(tmp, path)  # onto nothing or an empty directory: atomic
+        except OSError as exc:
+            raise ValidationError(f"{path} exists and is not empty (made while this {verb} ran)") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build(cls, path, elements, reference_method, params, lineage, node_id, message, files):
     from nodestore.frames import FrameTable
 
     from . import dvc, git
     from .lock import node_lock
     from .paths import CURRENT_MODELS, MODELS_DIR, NODE_YAML, PARAMS_YAML, TABLE_DIR
 
-    elements = parse_system(system)
-    path = Path(path if path is not None else system_name(elements))
-    if (path / NODE_YAML).exists() or (path / ".git").exists():
-        raise ValidationError(f"{path} already holds a repository; choose another path")
-    if path.exists() and any(path.iterdir()):
-        raise ValidationError(f"{path} exists and is not empty")
-    path.mkdir(parents=True, exist_ok=True)
     node = cls(path)
     with node_lock(node.state_dir):
         git.init(node.path)
@@ -73,7 +113,6 @@ def init(cls, system, path=None, reference_method: str = DEFAULT_REFERENCE_METHO
             target.write_text(text)
         dvc.add(node.path)
         git.commit(node.git, message or f"init {system_name(elements)} node")
-    return node
 
 
 def _dvc_link_types(path: Path) -> None:

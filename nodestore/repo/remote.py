@@ -39,7 +39,10 @@ def _local_path(url: str) -> Path | None:
     if parts.scheme == "file":
         return Path(parts.path)
     if parts.scheme == "" or (len(parts.scheme) == 1 and os.name == "nt"):
-        return Path(url).expanduser().resolve()
+        try:
+            return Path(url).expanduser().resolve()
+        except RuntimeError as exc:  # ~user of no such user
+            raise ValidationError(f"bad remote URL {url!r}: {exc}") from None
     return None
 
 
@@ -103,19 +106,27 @@ def remote_add(node, name: str, url: str, git_url: str | None = None, dvc_url: s
     from . import dvc, git
     from .checkout import _check_name
 
+    from nodestore.faults import pause
+
+    from .lock import node_lock
+
     _check_name(name, "remote")
     url = str(url)
-    if name in node.git.remotes.names():
-        raise RevisionError(f"remote {name!r} already exists")
     local = _local_path(url)
     if local is not None:
         url = str(local)
     g, d = split_url(url, git_url, dvc_url)
-    with git.git_errors(f"remote add {name}"):
-        node.git.remotes.create(name, g)
-        node.git.config[f"remote.{name}.{URL_KEY}"] = url
-    default = name == "origin" or not any(r["dvc_url"] for r in remotes(node))
-    dvc.set_remote(node.path, name, d, default=default)
+    with node_lock(node.state_dir):
+        if name in node.git.remotes.names():
+            raise RevisionError(f"remote {name!r} already exists")
+        # the DVC remote first, the git remote last: the git remote's existence is the commit point,
+        # so a process killed in between leaves no remote, and running it again completes
+        default = name == "origin" or not any(r["dvc_url"] for r in remotes(node))
+        dvc.set_remote(node.path, name, d, default=default)
+        pause("remote-add:dvc")
+        with git.git_errors(f"remote add {name}"):
+            node.git.config[f"remote.{name}.{URL_KEY}"] = url
+            node.git.remotes.create(name, g)
     return {"name": name, "url": url, "git_url": g, "dvc_url": d}
 
 

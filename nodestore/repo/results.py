@@ -92,7 +92,8 @@ class IterateResult(Result):
 
 @dataclass(frozen=True)
 class FsckProblem(Result):
-    kind: str  # "object", "ref", "manifest", "checkpoint", "temp", "journal", "schema", "remote", "link"
+    kind: str  # "object", "ref", "manifest", "checkpoint", "temp", "journal", "schema", "remote", "link",
+    #            "method", "lineage"
     what: str  # the object, file or ref
     message: str
     fix: str
@@ -104,6 +105,8 @@ class FsckResult(Result):
     checked: int
     problems: list  # [FsckProblem]
     repaired: int = 0
+    #: what is odd but not damage (e.g. a method recorded in node.yaml that no row carries): fsck stays clean
+    warnings: list = field(default_factory=list)  # [FsckProblem]
 
     @property
     def clean(self) -> bool:

@@ -187,3 +187,80 @@ def test_tags_move_with_the_commit_in_one_ref_transaction(node):
         tx.append(as_frames(REFERENCE_FILES))
     assert node.tags() == {"t1": tx.commit_id, "t2": tx.commit_id}
     assert str(node.git.head.target) == tx.commit_id
+
+
+# -- init, extend, tag, branch, remote add: the lock, and a kill that leaves nothing half made -----
+
+class held_lock:
+    """Another live process holds the node's write lock while the block runs."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def __enter__(self):
+        code = ("import time\nfrom nodestore.repo.lock import node_lock\n"
+                f"with node_lock({str(self.node.state_dir)!r}):\n    print('locked', flush=True); time.sleep(60)\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def git_config_text(node):
+    return (node.path / ".git" / "config").read_text(), (node.path / ".dvc" / "config.local").read_text() \
+        if (node.path / ".dvc" / "config.local").exists() else None
+
+
+def test_refused_tag_branch_and_remote_add_write_nothing(node, tmp_path):
+    refs, config = set(node.git.references), git_config_text(node)
+    with held_lock(node):
+        for args in (["tag", "v1"], ["branch", "side"], ["remote", "add", "origin", tmp_path / "r"]):
+            rc, out = run(node.path, *args)
+            assert rc == 3 and "locked by pid" in out, (args, out)
+    assert set(node.git.references) == refs and git_config_text(node) == config
+    assert node.remotes() == []
+
+
+def test_killed_remote_add_leaves_no_remote_and_reruns(node, tmp_path):
+    """A remote add killed between its DVC and git halves: no remote, and the rerun makes a whole one."""
+    node.import_files(REFERENCE_FILES, message="refs")
+    kill_at(node.path, "remote-add:dvc", "remote", "add", "origin", tmp_path / "r", pause_file=tmp_path / "p")
+    node = Node.open(node.path)
+    assert node.remotes() == [] and node.fsck().problems == []
+    rc, out = run(node.path, "remote", "add", "origin", tmp_path / "r")
+    assert rc == 0, out
+    rc, out = run(node.path, "push")
+    assert rc == 0, out
+    assert len(Node.clone(str(tmp_path / "r"), tmp_path / "c").table) == 5
+
+
+def test_killed_init_leaves_no_node_and_reruns(tmp_path):
+    target = tmp_path / "Li-P-S"
+    kill_at(tmp_path, "init:built", "init", "Li-P-S", target, pause_file=tmp_path / "p")
+    assert not target.exists()
+    rc, out = run(tmp_path, "init", "Li-P-S", target)
+    assert rc == 0, out
+    node = Node.open(target)
+    assert len(node.log()) == 1 and node.status()["clean"] and node.fsck().problems == []
+    rc, out = run(tmp_path, "init", "Li-P-S", target)  # refused: writes nothing
+    assert rc == 2 and "already holds a repository" in out, out
+    assert len(Node.open(target).log()) == 1
+
+
+@pytest.mark.parametrize("point", ["tx:written", "extend:built"])
+def test_killed_extend_leaves_no_node_and_reruns(node, tmp_path, point):
+    """A killed extend left a new node holding only its init commit, and the rerun was refused."""
+    node.import_files(REFERENCE_FILES, message="refs")
+    head, target = str(node.git.head.target), tmp_path / "Cl-Li-P-S"
+    kill_at(node.path, point, "extend", "Cl", "--to", target, pause_file=tmp_path / "p")
+    assert not target.exists()
+    node = Node.open(node.path)
+    assert str(node.git.head.target) == head and node.status()["clean"] and node.fsck().problems == []
+    rc, out = run(node.path, "extend", "Cl", "--to", target)
+    assert rc == 0, out
+    new = Node.open(target)
+    assert len(new.table_at("HEAD")) == 5 and new.log()[0]["message"].startswith("extend ")
+    assert new.status()["clean"] and new.fsck().problems == []

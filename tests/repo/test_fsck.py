@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import AIMD, REFERENCE_FILES
+from conftest import AIMD, REFERENCE_FILES, STRUCTURES
 from nodestore.errors import IntegrityError
 from nodestore.repo import Node, dvc
 
@@ -111,3 +111,92 @@ def test_fsck_remote_reports_a_branch_behind(node, tmp_path):
     node.import_files([AIMD], method="vasp-pbe", message="aimd")
     r = node.fsck(remote="origin")
     assert [p.what for p in r.problems] == ["origin/main"] and "behind" in r.problems[0].message
+
+
+# -- method map and lineage -----------------------------------------------------------------------
+
+LJ = "lj-s2-e0.05"
+
+
+@pytest.fixture
+def labelled_node(tmp_path):
+    """A node whose reference phases were labelled by the LJ labeller (node.yaml records its method)."""
+    from nodestore.loop import create_node
+    from nodestore.loop.actions import label_files
+
+    node = create_node("Li-P-S", tmp_path / "lab", reference_method=LJ)
+    r = label_files(node, REFERENCE_FILES[:3], labeller="lj", message="LJ labels")
+    assert r.labelled == 3 and LJ in Node.open(node.path).config["methods"]
+    return Node.open(node.path)
+
+
+def test_fsck_finds_labelled_rows_whose_method_node_yaml_does_not_record(labelled_node):
+    import yaml
+
+    node = labelled_node
+    r = node.fsck()
+    assert r.clean and r.warnings == []
+    cfg = yaml.safe_load((node.path / "node.yaml").read_text())
+    entry = cfg.pop("methods")[LJ]
+    (node.path / "node.yaml").write_text(yaml.safe_dump(cfg))
+    r = node.fsck()
+    (p,) = r.problems
+    assert p.kind == "method" and p.what == LJ and "3 labelled row(s)" in p.message and "node.yaml" in p.fix
+    rc, out = run(node.path, "fsck")
+    assert rc == 7 and f"[method] {LJ}" in out and "fix:" in out, out
+    # the other way round: a recorded method no row carries is a warning, and fsck stays clean
+    cfg["methods"] = {LJ: entry, "gpaw-pbe-pw900": {**entry, "cutoff_ev": 900}}
+    (node.path / "node.yaml").write_text(yaml.safe_dump(cfg))
+    r = node.fsck()
+    assert r.clean and [(w.kind, w.what) for w in r.warnings] == [("method", "gpaw-pbe-pw900")]
+    rc, out = run(node.path, "fsck")
+    assert rc == 0 and "warning: [method] gpaw-pbe-pw900" in out, out
+
+
+def tiny_forcefield(**attrs):
+    from nodestore.models import registry
+
+    ff = registry.create("forcefield", "orb", architecture="orb-v3-direct", seed=0,
+                         config={"latent_dim": 8, "base_mlp_hidden_dim": 8, "base_mlp_depth": 1,
+                                 "head_mlp_hidden_dim": 8, "head_mlp_depth": 1, "num_message_passing_steps": 1,
+                                 "radius": 4.0, "max_num_neighbors": 8})
+    for k, v in attrs.items():
+        setattr(ff, k, v)
+    return ff
+
+
+def test_fsck_checks_the_lineage_of_checkpoints_and_rows(node, tmp_path):
+    pytest.importorskip("torch")
+    from nodestore.frames import FrameBatch
+    from nodestore.frames.io import read_file
+
+    node.import_files([AIMD], method="vasp-pbe", message="aimd")
+    ids = node.table.column("frame_id").tolist()
+    parent = tiny_forcefield(training_frames=ids[:5])
+    parent_hash = parent.save(tmp_path / "parent")
+    child = tiny_forcefield(parent=parent_hash, training_frames=ids[5:10])
+    child.save(tmp_path / "child")
+    with node.transaction("parent and child") as tx:
+        pid = tx.add_checkpoint(tmp_path / "parent", "forcefield", make_current=False)
+        cid = tx.add_checkpoint(tmp_path / "child", "forcefield")
+    assert node.fsck().clean
+    # a child whose parent is not in models/ and whose training frames are not in the table
+    orphan = tiny_forcefield(parent="f" * 32, training_frames=ids[:2] + ["0" * 32])
+    orphan.save(tmp_path / "orphan")
+    # rows predicted by a checkpoint models/ does not hold
+    images = read_file(STRUCTURES / "Li3P_P63mmc.cif")
+    for a in images:
+        a.rattle(0.01, seed=1)
+    batch = FrameBatch.from_atoms(images, origin="relaxed", checkpoint="e" * 32)
+    with node.transaction("orphan") as tx:
+        oid = tx.add_checkpoint(tmp_path / "orphan", "forcefield", make_current=False)
+        tx.append(batch)
+    r = node.fsck()
+    got = sorted((p.kind, p.what, p.message) for p in r.problems)
+    assert [g[:2] for g in got] == [("lineage", "e" * 32), ("lineage", f"models/{oid}"), ("lineage", f"models/{oid}")]
+    assert "f" * 32 in got[1][2] + got[2][2] and "1 of the 3 frames" in got[1][2] + got[2][2]
+    assert "row(s) were predicted by checkpoint" in got[0][2]
+    rc, out = run(node.path, "fsck")
+    assert rc == 7 and f"models/{oid}" in out and "parent checkpoint" in out and "1 of the 3 frames" in out, out
+    assert "e" * 32 in out and "fix:" in out
+    assert pid != cid and f"models/{pid}" not in out and f"models/{cid}" not in out
