@@ -14,9 +14,6 @@ DEMO_PARAMS = {
     "generate": {"n": 40, "max_atoms": 12},
     "screen": {"fmax": 0.05, "steps": 100, "relax_cell": True},
     "select": {"n_lowest": 3, "n_diverse": 2, "n_uncertain": 1, "max_atoms": 12},
-    # two GPAW BFGS steps (cell too) per selected structure: three labelled frames each, and a
-    # final label nearer the labeller's minimum
-    "label": {"primitive": True, "relax_steps": 2, "relax_fmax": 0.05, "relax_cell": True, "relax_seconds": 120},
     "forcefield": {"backend": "sevenn", "pretrained": "7net-0", "finetune": {"max_seconds": 120}},
     "labeller": {"backend": "gpaw", "ecut": 300, "kpt_density": 2.0, "smearing": 0.05, "timeout": 900},
     "generator": {"backend": "pyxtal", "max_atoms": 12},
