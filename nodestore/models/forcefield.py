@@ -306,8 +306,9 @@ class ForceField(abc.ABC):
         5. ``freeze_backbone``: train only the heads (``"auto"``: when fewer than
            ``freeze_below`` training frames).
         6. Early stopping: after ``patience`` epochs without a lower validation loss (or at
-           ``epochs``, or ``max_seconds``) training stops and the best epoch's weights are kept;
-           with ``max_seconds`` the decay is planned for as many epochs as the first one says fit.
+           ``epochs``, or ``max_seconds``, checked between steps) training stops and the best
+           epoch's weights are kept; with ``max_seconds`` the decay is planned for as many epochs
+           as the first one says fit (an epoch the budget cuts short is scored as it stands).
 
         Frames that would teach noise are left out and counted in ``metrics["excluded"]``: a
         force component above ``max_force`` eV/A (collapsed geometry), or an energy the reference
@@ -413,8 +414,11 @@ class ForceField(abc.ABC):
                 module.train()
                 order = list(range(len(train)))
                 rng.shuffle(order)
-                total_loss = 0.0
+                total_loss, seen, out_of_time = 0.0, 0, False
                 for start in range(0, len(order), batch_size):
+                    if max_seconds is not None and start and time.monotonic() - t0 > max_seconds:
+                        out_of_time = True  # a slow model: the budget ends inside an epoch
+                        break
                     batch = [shifted[i] for i in order[start:start + batch_size]]
                     opt.zero_grad()
                     loss = child._loss(batch, weights)
@@ -424,8 +428,11 @@ class ForceField(abc.ABC):
                     opt.step()
                     sched.step()
                     total_loss += float(loss.detach()) * len(batch)
-                record = {"epoch": epoch, "train_loss": total_loss / len(train),
+                    seen += len(batch)
+                record = {"epoch": epoch, "train_loss": total_loss / max(1, seen),
                           "lr": float(opt.param_groups[0]["lr"])}
+                if out_of_time:
+                    record["frames"] = seen
                 if val:
                     module.eval()
                     record["val_loss"] = _val_loss(child, val_shifted, weights)
@@ -441,7 +448,7 @@ class ForceField(abc.ABC):
                     bad += 1
                     if bad >= patience:
                         break
-                if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+                if out_of_time or (max_seconds is not None and time.monotonic() - t0 > max_seconds):
                     break
         finally:
             for p in module.parameters():

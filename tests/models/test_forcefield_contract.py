@@ -145,6 +145,17 @@ def test_finetune_fits_references_first_and_keeps_the_best(ff):
     assert child.parent == ff.hash
 
 
+def test_time_budget_ends_inside_an_epoch(ff):
+    """A model too slow for one epoch in ``max_seconds`` stops between steps, not at the epoch's end."""
+    frames = shifted_labels(ff, structures())
+    child = ff.finetune(frames, val_fraction=0.25, epochs=3, patience=3, lr=1e-5, batch_size=1,
+                        method="toy-dft", max_seconds=1e-9)
+    last = child.metrics["history"][-1]
+    assert child.metrics["epochs"] == 1 and last["epoch"] == 1
+    assert last["frames"] == 1 < child.metrics["n_train"]  # one step, then the budget was over
+    assert np.isfinite(last["val_loss"])
+
+
 def test_frozen_backbone_trains_heads_only(ff):
     if not ff.head_modules:
         pytest.skip("backend cannot separate heads")
