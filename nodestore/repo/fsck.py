@@ -68,11 +68,13 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
             _check_methods(node, rep, table, checkpoints)
             _check_lineage(rep, table, checkpoints)
         bad = _check_objects(node, rep)
-        _check_worktree(node, rep)
+        damaged = _check_worktree(node, rep)
         if remote is not None:
             _check_remote(node, rep, remote)
         if repair and bad:
             _repair_objects(node, rep, bad, remote)
+        if repair and damaged:
+            _repair_worktree(node, rep, damaged)
     return FsckResult(checked=rep.checked, problems=rep.problems,
                       repaired=sum(1 for p in rep.problems if p.repaired), warnings=rep.warnings)
 
@@ -358,14 +360,19 @@ def _check_one(node, rep, md5, label, commit, is_tip, seen, bad) -> None:
 
 # -- the work tree --------------------------------------------------------------------
 
-def _check_worktree(node, rep: _Report) -> None:
-    """Work-tree files of the tracked directories against HEAD's listing, where the work tree is HEAD's."""
+def _check_worktree(node, rep: _Report) -> dict:
+    """Work-tree files of the tracked directories against HEAD's listing, where the work tree is HEAD's.
+
+    Returns the damaged segment and overlay files (``{problem index: (path, md5)}``): their names
+    are their content's hash, so other bytes under the same name are damage, never an edit, and
+    ``--repair`` puts the object's bytes back."""
     from . import dvc, git
     from .models_store import checkpoint_hash
 
+    damaged: dict = {}
     head = git.head_commit(node.git)
     if head is None:
-        return
+        return damaged
     for tracked in dvc.TRACKED:
         md5 = node.artifact_md5(head, tracked)
         if md5 is None or not dvc.cache_file(node.path, md5).exists():
@@ -389,8 +396,11 @@ def _check_worktree(node, rep: _Report) -> None:
             if rel.startswith("segments/") or rel.startswith("overlays/"):
                 rep.checked += 1
                 if dvc.file_md5(f) != want:  # content-addressed names: same name, other bytes is damage
+                    damaged[len(rep.problems)] = (f, want)
                     rep.add("worktree", f"{tracked}/{rel}", "the work-tree file does not match the object HEAD "
-                            "records under its name", "run `nodestore checkout --force HEAD`")
+                            "records under its name",
+                            "run `nodestore fsck --repair` (it copies the object back; add `--remote NAME` "
+                            "if the object is damaged too) or `nodestore checkout --force HEAD`")
     models = node.path / paths.MODELS_DIR
     if models.is_dir():
         for d in sorted(models.iterdir()):
@@ -402,6 +412,32 @@ def _check_worktree(node, rep: _Report) -> None:
                             "the checkpoint's files do not hash to the id in its name",
                             "run `nodestore checkout --force HEAD` (or fsck --repair --remote NAME if its objects "
                             "are damaged)")
+    return damaged
+
+
+def _repair_worktree(node, rep: _Report, damaged: dict) -> None:
+    """Copy each damaged segment/overlay back from its (verified) cache object, atomically."""
+    import shutil
+    import tempfile
+
+    from . import dvc
+
+    for i, (f, md5) in damaged.items():
+        cache = dvc.cache_file(node.path, md5)
+        if not cache.is_file() or dvc.file_md5(cache) != md5:
+            continue  # the object is missing or damaged too: fetch it first (--remote NAME)
+        mode = os.stat(f).st_mode & 0o777
+        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=f".{f.name}-")
+        os.close(fd)
+        try:
+            shutil.copyfile(cache, tmp)
+            os.chmod(tmp, mode)
+            os.replace(tmp, f)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        p = rep.problems[i]
+        rep.problems[i] = FsckProblem(kind=p.kind, what=p.what, message=p.message, fix=p.fix, repaired=True)
 
 
 # -- remote ---------------------------------------------------------------------------

@@ -56,6 +56,29 @@ def test_fsck_names_a_flipped_byte_and_repair_restores_it_from_the_remote(node, 
     assert node.status()["clean"] and len(node.table.read()) == 5
 
 
+def test_repair_copies_a_damaged_work_tree_segment_back_from_its_object(node):
+    """A segment's name is its content's hash: other bytes under that name are damage, and
+    ``--repair`` restores them from the verified object without a remote."""
+    import shutil
+
+    node.import_files(REFERENCE_FILES, message="refs")
+    md5, cache = segment_object(node)
+    sid = node.table_at("HEAD").segment_ids[-1]
+    f = node.path / "data" / "table" / "segments" / f"{sid}.zip"
+    f.unlink()
+    shutil.copyfile(cache, f)  # a copy, not a link to the object (as a clone from a remote has)
+    flip_a_byte(f)
+    rc, out = run(node.path, "fsck")
+    assert rc == 7 and f"segments/{sid}.zip" in out and "does not match" in out, out
+    assert dvc.file_md5(cache) == md5  # the object is intact
+    rc, out = run(node.path, "fsck", "--repair")
+    assert rc == 0 and "repaired" in out, out
+    assert dvc.file_md5(f) == md5
+    rc, out = run(node.path, "fsck")
+    assert rc == 0, out
+    assert len(Node.open(node.path).table.read()) == 5
+
+
 def test_fsck_reports_and_repairs_an_interrupted_transaction_and_temp_files(node):
     from nodestore import as_frames
 
