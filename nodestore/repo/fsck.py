@@ -416,28 +416,31 @@ def _check_worktree(node, rep: _Report) -> dict:
 
 
 def _repair_worktree(node, rep: _Report, damaged: dict) -> None:
-    """Copy each damaged segment/overlay back from its (verified) cache object, atomically."""
-    import shutil
-    import tempfile
-
+    """Put each damaged segment/overlay back from its (verified) cache object."""
     from . import dvc
 
-    for i, (f, md5) in damaged.items():
-        cache = dvc.cache_file(node.path, md5)
-        if not cache.is_file() or dvc.file_md5(cache) != md5:
-            continue  # the object is missing or damaged too: fetch it first (--remote NAME)
-        mode = os.stat(f).st_mode & 0o777
-        fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=f".{f.name}-")
-        os.close(fd)
-        try:
-            shutil.copyfile(cache, tmp)
-            os.chmod(tmp, mode)
-            os.replace(tmp, f)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        p = rep.problems[i]
-        rep.problems[i] = FsckProblem(kind=p.kind, what=p.what, message=p.message, fix=p.fix, repaired=True)
+    good = {i: (f, md5) for i, (f, md5) in damaged.items()
+            if dvc.cache_file(node.path, md5).is_file() and dvc.file_md5(dvc.cache_file(node.path, md5)) == md5}
+    # (a damaged object is fetched first: --remote NAME; _repair_objects may have relinked the file already)
+    _relink(node, [f for f, md5 in good.values() if f.is_file() and dvc.file_md5(f) != md5])
+    for i, (f, md5) in good.items():
+        if f.is_file() and dvc.file_md5(f) == md5:
+            p = rep.problems[i]
+            rep.problems[i] = FsckProblem(kind=p.kind, what=p.what, message=p.message, fix=p.fix, repaired=True)
+
+
+def _relink(node, files) -> None:
+    """Remove work-tree files that hold the wrong bytes and let DVC link them again from the cache."""
+    from . import dvc
+
+    if not files:
+        return
+    for f in files:
+        f.unlink()
+    try:
+        dvc.checkout(node.path, force=True)
+    except NodestoreError:
+        pass  # what is still wrong is reported by the next fsck
 
 
 # -- remote ---------------------------------------------------------------------------
@@ -518,6 +521,7 @@ def _repair_objects(node, rep: _Report, bad: dict[str, str], remote: str | None)
         # work-tree files that were links to a bad object still hold its bytes: relink them
         from . import git
 
+        stale = []
         head = git.head_commit(node.git)
         for tracked in dvc.TRACKED if head is not None else ():
             md5 = node.artifact_md5(head, tracked)
@@ -526,11 +530,8 @@ def _repair_objects(node, rep: _Report, bad: dict[str, str], remote: str | None)
             for e in dvc.dir_listing(node.path, md5):
                 f = node.path / tracked / e["relpath"]
                 if e["md5"] in fixed and f.is_file() and dvc.file_md5(f) != e["md5"]:
-                    f.unlink()
-        try:
-            dvc.checkout(node.path, force=True)
-        except NodestoreError:
-            pass
+                    stale.append(f)
+        _relink(node, stale)
     rep.problems = [p if not (p.kind == "object" and p.what in fixed) else
                     FsckProblem(kind=p.kind, what=p.what, message=p.message, fix=p.fix, repaired=True)
                     for p in rep.problems]
