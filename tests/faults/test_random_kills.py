@@ -352,6 +352,8 @@ def test_random_kills_of_each_loop_stage_under_dvc_repro(tmp_path, loop_cycles):
     rng = random.Random(19)
     seconds = dict(GUESS)
     repro = [sys.executable, "-m", "dvc", "repro"]
+    # the stage commands are `nodestore stage ...`, found on PATH as a user's activated venv would have it
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     for cycle in range(loop_cycles):
         rc, out = run(node.path, "iterate")
         assert rc == 0, out
@@ -364,10 +366,10 @@ def test_random_kills_of_each_loop_stage_under_dvc_repro(tmp_path, loop_cycles):
             if running_stage(it_dir) is None or STAGES.index(running_stage(it_dir)) > i:
                 continue  # an earlier kill's rerun already finished it
             if i and running_stage(it_dir) != stage:  # the rerun of the stages before it, to the end
-                p = subprocess.run([*repro, f"{STAGES[i - 1]}@{k}"], cwd=node.path, capture_output=True, text=True,
+                p = subprocess.run([*repro, f"{STAGES[i - 1]}@{k}"], cwd=node.path, env=env, capture_output=True, text=True,
                                    timeout=900)
                 assert p.returncode == 0 and running_stage(it_dir) == stage, p.stdout + p.stderr
-            p = subprocess.Popen(repro, cwd=node.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            p = subprocess.Popen(repro, cwd=node.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  start_new_session=True)
             # the stages before it are done (cache hits): the kill lands in dvc's start or in this stage's run
             time.sleep(rng.uniform(0.0, STARTUP + seconds[stage]))
@@ -383,7 +385,7 @@ def test_random_kills_of_each_loop_stage_under_dvc_repro(tmp_path, loop_cycles):
             assert str(node.git.head.target) == head and f"refs/tags/iter-{k}" not in node.git.references
             assert (node.path / "data/table/manifest.json").read_text() == manifest
             assert node.fsck().problems == []
-        p = subprocess.run(repro, cwd=node.path, capture_output=True, text=True, timeout=900)
+        p = subprocess.run(repro, cwd=node.path, env=env, capture_output=True, text=True, timeout=900)
         assert p.returncode == 0, p.stdout + p.stderr
         for s in STAGES:
             seconds[s] = json.loads((it_dir / "timings" / f"{s}.json").read_text())["seconds"]
