@@ -60,13 +60,16 @@ def building(path: Path, verb: str):
     """A temporary sibling directory of ``path`` to build a new node in, renamed to ``path`` at the end.
 
     A process killed while building leaves no node at ``path`` (only the hidden temporary
-    directory, ``.NAME.VERB-XXXX``), so running the verb again starts afresh; an error removes it.
+    directory, ``.NAME.VERB-XXXX``), so running the verb again starts afresh; an error removes it,
+    and the next build for the same ``path`` removes what a dead builder left (``stale_builds``).
     """
     from nodestore.faults import pause
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{verb}-", dir=path.parent))
+    for old in stale_builds(path):
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{verb}-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
         pause(f"{verb}:built")
@@ -77,6 +80,34 @@ def building(path: Path, verb: str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_GRACE_S = 60.0  # a build directory whose name holds no pid is taken for a live one's this long
+
+
+def stale_builds(path: Path) -> list[Path]:
+    """The hidden build directories of ``path`` (``.NAME.VERB-PID-XXXX``, and the init directory
+    an extend makes beside its own, ``..NAME.extend-PID-XXXX.init-PID-YYYY``) whose builder is dead."""
+    import re
+    import time
+
+    from .lock import _alive
+
+    name = Path(path).name
+    pattern = re.compile(r"\.\.?" + re.escape(f"{name}.") + r"(?:init|extend)-(?:(\d+)-)?\w+"
+                         r"(?:\.init-\d+-\w+)?")
+    out = []
+    for d in Path(path).parent.glob(f"*.{name}.*-*"):
+        m = pattern.fullmatch(d.name)
+        if m is None or not d.is_dir() or d.is_symlink():
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid is not None and _alive(pid):
+            continue
+        if pid is None and time.time() - d.stat().st_mtime < _GRACE_S:
+            continue
+        out.append(d)
+    return sorted(out)
 
 
 def _build(cls, path, elements, reference_method, params, lineage, node_id, message, files):

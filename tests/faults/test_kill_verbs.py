@@ -241,8 +241,11 @@ def test_killed_init_leaves_no_node_and_reruns(tmp_path):
     target = tmp_path / "Li-P-S"
     kill_at(tmp_path, "init:built", "init", "Li-P-S", target, pause_file=tmp_path / "p")
     assert not target.exists()
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".Li-P-S.init-")]
+    assert len(left) == 1, left  # the killed build, aside
     rc, out = run(tmp_path, "init", "Li-P-S", target)
     assert rc == 0, out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".Li-P-S.")] == []  # the rerun removed it
     node = Node.open(target)
     assert len(node.log()) == 1 and node.status()["clean"] and node.fsck().problems == []
     rc, out = run(tmp_path, "init", "Li-P-S", target)  # refused: writes nothing
@@ -261,6 +264,7 @@ def test_killed_extend_leaves_no_node_and_reruns(node, tmp_path, point):
     assert str(node.git.head.target) == head and node.status()["clean"] and node.fsck().problems == []
     rc, out = run(node.path, "extend", "Cl", "--to", target)
     assert rc == 0, out
+    assert [p.name for p in tmp_path.iterdir() if p.name.lstrip(".").startswith("Cl-Li-P-S.")] == []
     new = Node.open(target)
     assert len(new.table_at("HEAD")) == 5 and new.log()[0]["message"].startswith("extend ")
     assert new.status()["clean"] and new.fsck().problems == []
