@@ -214,8 +214,6 @@ def _check_documents(node, rep: _Report):
 
 # -- method map and lineage -------------------------------------------------------------
 
-#: origins of the rows a labeller computed: their method is recorded in node.yaml's methods in the same commit
-LABELLER_ORIGINS = ("labelled", "relax-step")
 #: method names of energies a force field predicted (the loop's screen), not a labeller's
 FF_METHOD_PREFIX = "ff:"
 
@@ -250,13 +248,14 @@ def _check_methods(node, rep: _Report, table, checkpoints: dict[str, dict]) -> N
         return  # reported by _check_documents
     recorded = set((cfg.get("methods") or {}))
     method = table.column("method") if len(table) else np.array([], dtype=str)
-    origin = table.column("origin") if len(table) else np.array([], dtype=str)
+    # a labeller's row, whatever its origin (`label --origin reference` too), carries the ionic step
+    # of its labelling (0 for a single point); an imported row carries -1 even when it is labelled
+    made = (table.column("relax_step") >= 0) if len(table) else np.array([], dtype=bool)
     used = {str(m) for m in np.unique(method) if m}
-    by_labeller = {str(m) for m in np.unique(method[np.isin(origin, LABELLER_ORIGINS)])
-                   if m and not str(m).startswith(FF_METHOD_PREFIX)}
+    by_labeller = {str(m) for m in np.unique(method[made]) if m and not str(m).startswith(FF_METHOD_PREFIX)}
     for m in sorted(by_labeller - recorded):
         rep.checked += 1
-        n = int(((method == m) & np.isin(origin, LABELLER_ORIGINS)).sum())
+        n = int(((method == m) & made).sum())
         rep.add("method", m, f"{n} labelled row(s) carry method {m!r}, which node.yaml's methods does not record "
                 "(the settings behind the name are lost, so new labels cannot be checked against them)",
                 f"restore node.yaml's methods from the commit that labelled them (`nodestore checkout --force HEAD` "

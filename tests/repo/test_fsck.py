@@ -176,6 +176,27 @@ def test_fsck_finds_labelled_rows_whose_method_node_yaml_does_not_record(labelle
     assert rc == 0 and "warning: [method] gpaw-pbe-pw900" in out, out
 
 
+def test_fsck_checks_the_method_of_reference_labels_and_not_of_imported_labelled_rows(tmp_path):
+    """A labeller's rows are checked whatever their origin (`label --origin reference`); imported rows
+    with energies (`import --origin labelled --method ...`) record no settings and are not."""
+    import yaml
+
+    from nodestore.loop import create_node
+    from nodestore.loop.actions import label_files
+
+    node = create_node("Li-P-S", tmp_path / "ref", reference_method=LJ)
+    assert label_files(node, REFERENCE_FILES[:2], labeller="lj", origin="reference").labelled == 2
+    node = Node.open(node.path)
+    node.import_files([AIMD], method="vasp-pbe", origin="labelled", message="AIMD as labels")
+    node = Node.open(node.path)
+    assert node.fsck().clean
+    cfg = yaml.safe_load((node.path / "node.yaml").read_text())
+    del cfg["methods"][LJ]
+    (node.path / "node.yaml").write_text(yaml.safe_dump(cfg))
+    (p,) = node.fsck().problems
+    assert p.kind == "method" and p.what == LJ and "2 labelled row(s)" in p.message
+
+
 def tiny_forcefield(**attrs):
     from nodestore.models import registry
 
