@@ -204,12 +204,20 @@ def export(ctx, output, fmt, rev, where):
 @JSON_OPTION
 @click.pass_context
 def model(ctx, action, rev, as_json):
-    """Checkpoints in the node: backend, parent, training frames, metrics."""
-    rows = open_node(ctx).list_checkpoints(rev)
+    """Checkpoints in the node: backend, parent, training frames, metrics, and whether each one's
+    files still hash to its id (exit 7 when one does not)."""
+    from nodestore.errors import IntegrityError
+
+    rows = open_node(ctx).list_checkpoints(rev, verify=True)
     if as_json:
         echo_json(rows)
-        return
-    table_print([_model_row(r) for r in rows])
+    else:
+        table_print([_model_row(r) for r in rows])
+    damaged = [r for r in rows if r["integrity"] != "ok"]
+    if damaged:
+        raise IntegrityError("; ".join(f"checkpoint models/{r['id']} is damaged: {r['integrity']}" for r in damaged)
+                             + ": restore it with `nodestore checkout --force HEAD` or `nodestore fsck --repair "
+                             "--remote NAME`")
 
 
 def _model_row(r: dict) -> dict:
@@ -231,7 +239,8 @@ def _model_row(r: dict) -> dict:
             "frames": r["training_frames"], "current": ",".join(r["current"]) or "-",
             "energy scale": r.get("energy_method") or "-",
             "val E RMSE (meV/atom)": change("val_energy_rmse_per_atom", 1000.0, ".1f"),
-            "val F RMSE (eV/A)": change("val_force_rmse", 1.0, ".3f")}
+            "val F RMSE (eV/A)": change("val_force_rmse", 1.0, ".3f"),
+            "files": "ok" if r.get("integrity", "ok") == "ok" else "DAMAGED"}
 
 
 @main.command()

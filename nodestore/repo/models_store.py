@@ -28,7 +28,9 @@ def checkpoint_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_checkpoints(models_dir: Path) -> list[dict]:
+def read_checkpoints(models_dir: Path, verify: bool = False) -> list[dict]:
+    """One dict per checkpoint directory of ``models_dir``; ``verify``: each also says in ``integrity``
+    whether its files still hash to the id in its name ("ok", or what is wrong)."""
     models_dir = Path(models_dir)
     out = []
     current = {}
@@ -39,11 +41,16 @@ def read_checkpoints(models_dir: Path) -> list[dict]:
         return out
     for d in sorted(models_dir.iterdir()):
         meta = d / "meta.json"
-        if d.is_dir() and meta.exists():
+        if d.is_dir() and not d.name.startswith(".") and meta.exists():
             try:
                 m = json.loads(meta.read_text())
-            except json.JSONDecodeError:
-                continue
+                if not isinstance(m, dict):
+                    raise ValueError("not an object")
+                problem = None
+            except (OSError, ValueError) as exc:  # listed as damaged when verifying, else skipped
+                if not verify:
+                    continue
+                m, problem = {}, f"meta.json unreadable ({type(exc).__name__})"
             kinds = [k for k, v in current.items() if v == d.name]
             out.append({
                 "id": d.name,
@@ -57,6 +64,11 @@ def read_checkpoints(models_dir: Path) -> list[dict]:
                 "energy_method": (m.get("reference_energies") or {}).get("method"),
                 "current": kinds,
             })
+            if verify:
+                want = d.name.rsplit("-", 1)[-1]
+                if problem is None and len(want) == 16 and checkpoint_hash(d) != want:
+                    problem = "its files do not hash to the id in its name"
+                out[-1]["integrity"] = problem or "ok"
     # the parent as the id of its checkpoint in this node, where the node holds it
     by_hash = {r["hash"]: r["id"] for r in out if r["hash"]}
     for r in out:
@@ -117,5 +129,5 @@ def current_models(node) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def list_checkpoints(node, rev: str | None = None) -> list[dict]:
-    return read_checkpoints(node.models_at(rev))
+def list_checkpoints(node, rev: str | None = None, verify: bool = False) -> list[dict]:
+    return read_checkpoints(node.models_at(rev), verify=verify)

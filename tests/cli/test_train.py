@@ -69,3 +69,25 @@ def test_train_refuses_a_method_with_too_few_frames(node):
     assert "vasp-pbe" in err and "at least 4" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert str(Node.open(node.path).git.head.target) == head
+
+
+def test_model_list_verifies_each_checkpoint_against_its_id(node):
+    rc, out, err = ns(node.path, "model", "list", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert rows and all(r["integrity"] == "ok" for r in rows)
+    cid = Node.open(node.path).current_models()["forcefield"]
+    weights = next(p for p in sorted((node.path / "models" / cid).iterdir()) if p.name != "meta.json")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.unlink()  # a new file: the work tree's file may be a link to DVC's cache
+    weights.write_bytes(bytes(data))
+    rc, out, err = ns(node.path, "model", "list")
+    assert rc == 7 and "DAMAGED" in out, out + err
+    assert f"models/{cid} is damaged" in err and "fsck --repair" in err and "Traceback" not in err
+    rc, out, _ = ns(node.path, "model", "list", "--json")
+    assert rc == 7 and {r["id"]: r["integrity"] for r in json.loads(out)}[cid].startswith("its files do not hash")
+    rc, _, err = ns(node.path, "checkout", "--force", "HEAD")
+    assert rc == 0, err
+    rc, out, err = ns(node.path, "model", "list")
+    assert rc == 0 and "DAMAGED" not in out, out + err
