@@ -112,6 +112,8 @@ def remote_add(node, name: str, url: str, git_url: str | None = None, dvc_url: s
 
     _check_name(name, "remote")
     url = str(url)
+    if not url.strip():  # an empty path would resolve to the working directory
+        raise ValidationError("a remote needs a URL")
     local = _local_path(url)
     if local is not None:
         url = str(local)
