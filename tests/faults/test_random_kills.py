@@ -1,8 +1,8 @@
 """SIGKILL at random moments: after each kill the node equals a committed state, fsck is clean, and
 running the verb again completes with the right frame count (``--large``: 100 kills per verb).
 
-Every writing verb is killed: import, commit, label, classify, merge, iterate, extend, checkout,
-push, and each loop stage under ``dvc repro``.  A kill lands at a uniformly random moment of the
+Every writing verb is killed: import, commit, label, classify, train, merge, iterate, extend,
+checkout, push, and each loop stage under ``dvc repro``.  A kill lands at a uniformly random moment of the
 verb's run: the span is the wall time of the previous uninterrupted run of that verb (a first
 guess before one).  With ``FAULT_REPORT=path`` every kill appends one JSON line there (verb, whether
 the process was still running when it was killed, the loop stage it was in).
@@ -192,6 +192,47 @@ def test_random_kills_of_label_and_classify(lj_node, tmp_path, kills):
 
         rows = node.table.column("method") == LJ
         assert np.isfinite(node.table.column("e_hull")[rows]).all()
+
+
+TINY_ORB = {"backend": "orb", "architecture": "orb-v3-direct",
+            "config": {"latent_dim": 8, "base_mlp_hidden_dim": 8, "base_mlp_depth": 1, "head_mlp_hidden_dim": 8,
+                       "head_mlp_depth": 1, "num_message_passing_steps": 1, "radius": 4.0, "max_num_neighbors": 8},
+            "finetune": {"epochs": 2, "max_seconds": 20}}
+
+
+def test_random_kills_of_train(tmp_path, kills):
+    """``nodestore train``: killed, the node is its last commit (no new checkpoint is current);
+    the rerun commits one new current force field whose parent is the one before."""
+    import json
+
+    from nodestore.config import default_params
+    from nodestore.loop import create_node
+    from nodestore.loop.actions import label_references
+
+    params = default_params()
+    params.update({"forcefield": TINY_ORB, "labeller": {"backend": "lj"}})
+    node = create_node("Li-P-S", tmp_path / "tr", reference_method=LJ, params=params)
+    assert label_references(node)["labelled"] >= 5
+    node = Node.open(node.path)
+    k = Killer(random.Random(17), guess=10.0, floor=0.5)
+    for i in range(kills):
+        head = str(node.git.head.target)
+        before = node.current_models().get("forcefield")
+        args = ["train", "--val-fraction", "0.25", "-m", f"train {i}"]
+        k.kill(node.path, args, "train")
+        node = check_committed_state(node.path, head, f"train {i}")
+        if str(node.git.head.target) == head:
+            assert node.current_models().get("forcefield") == before
+            rc, out = k.rerun(node.path, args)
+            assert rc == 0, out
+            node = Node.open(node.path)
+        cid = node.current_models()["forcefield"]
+        assert cid != before and node.log(limit=1)[0]["message"] == f"train {i}"
+        meta = json.loads((node.path / "models" / cid / "meta.json").read_text())
+        if before:
+            parent = json.loads((node.path / "models" / before / "meta.json").read_text())["hash"]
+            assert meta["parent"] == parent
+        assert node.status()["clean"] and node.fsck().problems == []
 
 
 def test_random_kills_of_merge(node, tmp_path, kills):
