@@ -235,6 +235,21 @@ def test_random_kills_of_train(tmp_path, kills):
         assert node.status()["clean"] and node.fsck().problems == []
 
 
+def moved(frames, dx):
+    """Copies of labelled frames with the first atom moved by ``dx`` Å (new content, same labels)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    if not dx:
+        return frames
+    out = []
+    for f in frames:
+        g = f.copy()
+        g.positions[0, 0] += dx
+        g.calc = SinglePointCalculator(g, energy=f.get_potential_energy(), forces=f.get_forces())
+        out.append(g)
+    return out
+
+
 def test_random_kills_of_merge(node, tmp_path, kills):
     rng = random.Random(12)
     k = Killer(rng, guess=5.0, floor=0.5)
@@ -244,11 +259,12 @@ def test_random_kills_of_merge(node, tmp_path, kills):
     for i in range(kills):
         a = f"a{i}"
         start = 1 + (4 * i) % 196
+        fresh = moved(images[start:start + 4], 1e-3 * ((4 * i) // 196))  # past 49 rounds: new frames
         node.branch(a)
-        write(str(tmp_path / f"m{i}.xyz"), images[start:start + 2], format="extxyz")
+        write(str(tmp_path / f"m{i}.xyz"), fresh[:2], format="extxyz")
         node.import_files([tmp_path / f"m{i}.xyz"], method="vasp-pbe", message=f"main {i}")
         node.checkout(a)
-        write(str(tmp_path / f"s{i}.xyz"), images[start + 2:start + 4], format="extxyz")
+        write(str(tmp_path / f"s{i}.xyz"), fresh[2:], format="extxyz")
         node.import_files([tmp_path / f"s{i}.xyz"], method="vasp-pbe", message=f"side {i}")
         node.checkout("main")
         head = str(node.git.head.target)
