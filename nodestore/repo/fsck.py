@@ -366,7 +366,7 @@ def _check_worktree(node, rep: _Report) -> dict:
     are their content's hash, so other bytes under the same name are damage, never an edit, and
     ``--repair`` puts the object's bytes back."""
     from . import dvc, git
-    from .models_store import checkpoint_hash
+    from .models_store import matches_its_id
 
     damaged: dict = {}
     head = git.head_commit(node.git)
@@ -405,8 +405,7 @@ def _check_worktree(node, rep: _Report) -> dict:
         for d in sorted(models.iterdir()):
             if d.is_dir() and (d / "meta.json").exists() and "-" in d.name and not d.name.startswith("."):
                 rep.checked += 1
-                want = d.name.rsplit("-", 1)[1]
-                if len(want) == 16 and checkpoint_hash(d) != want:
+                if not matches_its_id(d):
                     rep.add("checkpoint", f"{paths.MODELS_DIR}/{d.name}",
                             "the checkpoint's files do not hash to the id in its name",
                             "run `nodestore checkout --force HEAD` (or fsck --repair --remote NAME if its objects "

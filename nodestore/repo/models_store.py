@@ -28,6 +28,13 @@ def checkpoint_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def matches_its_id(directory: Path) -> bool:
+    """Whether a checkpoint directory's files hash to the id in its name (``KIND-HASH16``); a name
+    without a 16-character id is not checked."""
+    want = Path(directory).name.rsplit("-", 1)[-1]
+    return len(want) != 16 or checkpoint_hash(directory) == want
+
+
 def read_checkpoints(models_dir: Path, verify: bool = False) -> list[dict]:
     """One dict per checkpoint directory of ``models_dir``; ``verify``: each also says in ``integrity``
     whether its files still hash to the id in its name ("ok", or what is wrong)."""
@@ -65,8 +72,7 @@ def read_checkpoints(models_dir: Path, verify: bool = False) -> list[dict]:
                 "current": kinds,
             })
             if verify:
-                want = d.name.rsplit("-", 1)[-1]
-                if problem is None and len(want) == 16 and checkpoint_hash(d) != want:
+                if problem is None and not matches_its_id(d):
                     problem = "its files do not hash to the id in its name"
                 out[-1]["integrity"] = problem or "ok"
     # the parent as the id of its checkpoint in this node, where the node holds it
