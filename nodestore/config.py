@@ -18,7 +18,7 @@ DEFAULT_PARAMS: dict = {
     "loop": {"iterations": {}},
     "generate": {"n": 24, "max_atoms": 16},
     "screen": {"fmax": 0.1, "steps": 60, "relax_cell": True},
-    "select": {"n_lowest": 2, "n_diverse": 1, "n_uncertain": 1, "max_atoms": 16},
+    "select": {"n_lowest": 2, "n_diverse": 1, "n_uncertain": 1, "uncertain_max_e_hull": 0.3, "max_atoms": 16},
     "label": {"primitive": True},
     "train": {"min_frames": 2},
     "curate": {"stable_threshold": 0.1},

@@ -296,21 +296,45 @@ def _attach(atoms, result: dict) -> None:
 
 
 def select(node, k: int) -> dict:
-    """The few to label: lowest E_hull, diverse prototypes, and the most uncertain (highest dH)."""
+    """The few to label (``choose``); the novelty of each candidate is its dH against the node."""
     from nodestore.chem.entropy import delta_entropy
 
     p = section(node.params, "select")
     screened = read_table(iter_dir(node, k) / "screened")
-    e_hull = screened.column("e_hull")
+
+    def novelty(rows: list[int]) -> list[float]:
+        table = snapshot_table(node, iteration_item(node, k)["prev"])
+        ref = table.to_atoms(_sample_rows(len(table), 64))
+        # one call: each environment's dH is against the reference alone, so the per-structure
+        # means are those of one call per candidate, with the reference described once
+        return list(delta_entropy(screened.to_atoms(rows), ref).per_structure)
+
+    chosen, reasons = choose(screened.column("origin"), screened.column("e_hull"), screened.column("n_atoms"),
+                             screened.column("formula"), screened.column("spacegroup"), p, novelty)
+    batch = screened.read(chosen) if chosen else screened.read([])
+    with atomic_dir(iter_dir(node, k) / "selected") as out:
+        write_table(out, batch)
+        (out / "select.json").write_text(json.dumps(
+            [{"frame_id": batch["frame_id"][i], "reason": reasons[r]} for i, r in enumerate(chosen)], indent=1))
+    return {"selected": len(chosen)}
+
+
+def choose(origin, e_hull, n_atoms, formula, spg, p: dict, novelty) -> tuple[list[int], dict[int, str]]:
+    """Rows of the screened table to label, with the reason for each.
+
+    Among the relaxed candidates with a finite E_hull and at most ``max_atoms`` atoms:
+    the ``n_lowest`` lowest E_hull; the ``n_diverse`` next lowest whose (formula, space group) is
+    not chosen yet; and the ``n_uncertain`` of highest ``novelty(rows)`` among the rest that the
+    screen puts at most ``uncertain_max_e_hull`` above the hull (among all the rest when none is).
+    A structure far above the hull cannot change a stability call whatever its label says, and
+    the force field's largest errors are there: a label spent on it teaches the screen least.
+    """
     # structures stopped by a relaxation guard have no E_hull: never spend a label on them
-    rows = np.nonzero((screened.column("origin") == "relaxed") & np.isfinite(e_hull))[0]
-    n_atoms = screened.column("n_atoms")
+    rows = np.nonzero((origin == "relaxed") & np.isfinite(e_hull))[0]
     rows = rows[n_atoms[rows] <= int(p.get("max_atoms", 32))]
-    formula = screened.column("formula")
-    spg = screened.column("spacegroup")
     chosen: list[int] = []
     reasons: dict[int, str] = {}
-    order = rows[np.argsort(np.where(np.isfinite(e_hull[rows]), e_hull[rows], np.inf), kind="stable")]
+    order = rows[np.argsort(e_hull[rows], kind="stable")]
     for r in order[: int(p.get("n_lowest", 2))]:
         chosen.append(int(r))
         reasons[int(r)] = "lowest e_hull"
@@ -325,21 +349,18 @@ def select(node, k: int) -> dict:
             seen.add(key)
     n_unc = int(p.get("n_uncertain", 1))
     rest = [int(r) for r in rows if int(r) not in chosen]
+    window = p.get("uncertain_max_e_hull", 0.3)
+    reason = "uncertain (highest dH)"
+    if window is not None:
+        near = [r for r in rest if e_hull[r] <= float(window)]
+        if near:
+            rest, reason = near, f"uncertain (highest dH, E_hull <= {float(window):g})"
     if n_unc and rest:
-        table = snapshot_table(node, iteration_item(node, k)["prev"])
-        ref = table.to_atoms(_sample_rows(len(table), 64))
-        # one call: each environment's dH is against the reference alone, so the per-structure
-        # means are those of one call per candidate, with the reference described once
-        scores = list(delta_entropy(screened.to_atoms(rest), ref).per_structure)
-        for j in np.argsort(scores)[::-1][:n_unc]:
+        scores = novelty(rest)
+        for j in np.argsort(scores, kind="stable")[::-1][:n_unc]:
             chosen.append(rest[int(j)])
-            reasons[rest[int(j)]] = "uncertain (highest dH)"
-    batch = screened.read(chosen) if chosen else screened.read([])
-    with atomic_dir(iter_dir(node, k) / "selected") as out:
-        write_table(out, batch)
-        (out / "select.json").write_text(json.dumps(
-            [{"frame_id": batch["frame_id"][i], "reason": reasons[r]} for i, r in enumerate(chosen)], indent=1))
-    return {"selected": len(chosen)}
+            reasons[rest[int(j)]] = reason
+    return chosen, reasons
 
 
 def _sample_rows(n: int, m: int) -> list[int]:

@@ -421,9 +421,14 @@ def _reset_index(node) -> None:
     repo = node.git
     head = git.head_commit(repo)
     index = repo.index
+    # an index that already holds HEAD's tree is left as it is: a refused verb writes no file
     if head is None:
+        if not len(index):
+            return
         index.clear()
     else:
+        if index.conflicts is None and index.write_tree() == head.tree.id:
+            return
         index.read_tree(head.tree)
     index.write()
 

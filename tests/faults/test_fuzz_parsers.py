@@ -5,6 +5,7 @@ An input a parser refuses is then given to the writing verb that reads it (``imp
 files, ``remote add`` for URLs, ``clone`` for bundles), which must refuse it too and leave every
 file as it was (``writes_nothing``; the count is printed at the end with ``-s``)."""
 
+import contextlib
 import io
 import json
 import os
@@ -223,25 +224,53 @@ def small_table(tmp_path_factory):
 @example(tokens=["-", "'Li2S'"], repeat=1)  # found at 2,000 inputs: TypeError (exit 70)
 @example(tokens=["-", "formula", "==", "'x'"], repeat=1)
 @example(tokens=["-", "novel"], repeat=1)  # a boolean column: numpy refuses its negative (TypeError)
-def test_fuzz_query(small_table, tokens, repeat):
-    from nodestore.loop.query import select_rows
+def test_fuzz_query(tmp_path_factory, small_table, target_node, tokens, repeat):
+    from nodestore.loop.query import export_frames, select_rows
 
     expr = " ".join(tokens) * repeat
-    accepted_or_refused(select_rows, small_table, expr)
+    if refused(select_rows, small_table, expr):
+        # exported from, the query is refused with no file written (nor anything in the node)
+        out = tmp_path_factory.mktemp("q")
+        writes_nothing(out, export_frames, target_node, out / "rows.extxyz", None, None, expr)
+        writes_nothing(target_node.path, export_frames, target_node, out / "rows.extxyz", None, None, expr)
 
 
 @fuzz
 @given(doc=JSON, section=st.sampled_from(["import", "loop", "match", "generate"]))
-def test_fuzz_params_and_node_yaml(tmp_path_factory, doc, section):
+@example(doc=None, section="import")  # found by the writes-on-refusal check: a rolled-back iterate rewrote .git/index
+def test_fuzz_params_and_node_yaml(tmp_path_factory, target_node, doc, section):
+    from conftest import REFERENCE_FILES
     from nodestore.config import default_params, read_yaml
+    from nodestore.loop.iterate import iterate
+    from nodestore.repo import Node
 
     d = tmp_path_factory.mktemp("y")
     params = default_params()
     params[section] = doc
-    (d / "params.yaml").write_text(yaml.safe_dump(params))
-    accepted_or_refused(read_yaml, d / "params.yaml", "params")
-    (d / "node.yaml").write_text(yaml.safe_dump({"schema_version": 1, "system": doc, "node_id": "x"}))
-    accepted_or_refused(read_yaml, d / "node.yaml", "node")
+    text = yaml.safe_dump(params)
+    (d / "params.yaml").write_text(text)
+    if refused(read_yaml, d / "params.yaml", "params"):
+        # the user's edit of the node's params.yaml: the verbs that read it refuse and write nothing
+        with edited(target_node.path / "params.yaml", text):
+            writes_nothing(target_node.path, iterate, target_node)
+            writes_nothing(target_node.path, target_node.import_files, REFERENCE_FILES[:1])
+    text = yaml.safe_dump({"schema_version": 1, "system": doc, "node_id": "x"})
+    (d / "node.yaml").write_text(text)
+    if refused(read_yaml, d / "node.yaml", "node"):
+        with edited(target_node.path / "node.yaml", text):
+            writes_nothing(target_node.path, lambda: Node.open(target_node.path).import_files(REFERENCE_FILES[:1]))
+
+
+@contextlib.contextmanager
+def edited(path, text):
+    """``path`` holds ``text`` inside the block and its old bytes (and times) after it."""
+    old, st_ = path.read_bytes(), path.stat()
+    path.write_text(text)
+    try:
+        yield
+    finally:
+        path.write_bytes(old)
+        os.utime(path, ns=(st_.st_atime_ns, st_.st_mtime_ns))
 
 
 @fuzz
