@@ -29,12 +29,30 @@ def init(ctx, system, path, reference_method):
 @click.option("--origin", default="imported", type=click.Choice(["imported", "reference", "labelled"]))
 @click.option("--format", "fmt", default=None, help="Force a format (cif, vasp, extxyz, ase-db, pymatgen-json).")
 @click.option("--min-distance", type=float, default=None, help="Reject frames with atoms closer than this (Å).")
+@click.option("--filter", "flt", default=None, help="optimade:URL only: an OPTIMADE filter, e.g. 'elements HAS ALL \"Li\",\"S\"'.")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="optimade:URL only: at most this many structures.")
 @MESSAGE
 @click.pass_context
-def import_(ctx, files, method, origin, fmt, min_distance, message):
-    """Import structure FILES as one commit (all or nothing)."""
+def import_(ctx, files, method, origin, fmt, min_distance, flt, limit, message):
+    """Import structure FILES as one commit (all or nothing).
+
+    FILES may instead be one optimade:URL (a provider's base URL, e.g.
+    optimade:https://optimade.materialsproject.org/v1): the structures its filter selects are
+    fetched with optimade's client; energies it serves are stored under a method of their own.
+    """
     node = open_node(ctx)
-    r = node.import_files(files, method=method, message=message, origin=origin, format=fmt, min_distance=min_distance)
+    if any(str(f).startswith("optimade:") for f in files):
+        from nodestore.serve.client import import_optimade
+
+        if len(files) != 1 or method or fmt:
+            raise click.UsageError("optimade:URL is imported alone, without --method or --format")
+        r = import_optimade(node, files[0], flt or "", origin=origin, limit=limit, message=message,
+                            min_distance=min_distance, progress=True)
+    elif flt:
+        raise click.UsageError("--filter is for optimade:URL; for files use `nodestore query`")
+    else:
+        r = node.import_files(files, method=method, message=message, origin=origin, format=fmt,
+                              min_distance=min_distance)
     if r.new == 0:
         click.echo(f"read {r.read} frames: all already in the node, nothing committed")
     else:

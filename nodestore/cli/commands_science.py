@@ -1,4 +1,4 @@
-"""Science commands: hull, query, entropy, classify, predict, label, iterate, stage, report."""
+"""Science commands: hull, query, entropy, classify, predict, label, iterate, stage, report, serve."""
 
 from __future__ import annotations
 
@@ -257,3 +257,17 @@ def report(ctx, out_dir, rev):
 
     r = write_report(open_node(ctx), out_dir, rev=rev)
     click.echo(f"wrote {len(r['plots'])} plots and {r['html']}")
+
+
+@main.command()
+@REV_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+def serve(ctx, rev, host, port):
+    """Serve the node at REV (default HEAD) as a read-only OPTIMADE API (info, links, structures, references)."""
+    from nodestore.serve.optimade import serve as run
+
+    node = open_node(ctx)
+    click.echo(f"OPTIMADE API of {node.path} at {rev or 'HEAD'}: http://{host}:{port}/v1/structures (Ctrl-C stops)")
+    run(node, rev=rev or "HEAD", host=host, port=port)

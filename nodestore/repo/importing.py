@@ -19,9 +19,7 @@ def import_files(node, files, method: str | None = None, message: str | None = N
     Frames carrying energies need ``method`` (the method that produced them,
     e.g. ``vasp-pbe``) so that hulls and merges never mix methods.
     """
-    from nodestore.frames import FrameBatch
     from nodestore.frames.io import read_file
-    from nodestore.frames.validate import Rules, validate_batch
 
     files = [Path(f) for f in files]
     if not files:
@@ -31,18 +29,31 @@ def import_files(node, files, method: str | None = None, message: str | None = N
         imgs = read_file(f, format=format)
         images.extend(imgs)
         names.extend(f"{f} frame {i}" for i in range(len(imgs)))
+    msg = message or f"import {len(images)} frames from {', '.join(f.name for f in files[:3])}{' ...' if len(files) > 3 else ''}"
+    return import_images(node, images, names, method=method, message=msg, origin=origin, iteration=iteration,
+                         min_distance=min_distance, commit=commit)
+
+
+def import_images(node, images: list, names: list[str], method=None, message: str = "import",
+                  origin: str = "imported", iteration: int = 0, min_distance: float | None = None,
+                  commit: bool = True) -> ImportResult:
+    """Validate and add Atoms ``images`` (``names`` say where each came from, for messages) as one
+    transaction.  ``method`` is one method for every labelled frame, or one per image."""
+    from nodestore.frames import FrameBatch
+    from nodestore.frames.validate import Rules, validate_batch
+
+    if not images:
+        raise ValidationError("no frames to import")
     batch = FrameBatch.from_atoms(images, origin=origin, iteration=iteration)
     labelled = np.isfinite(batch["energy"]) | np.isfinite(batch["stress"]).any(axis=1)
     per_atom_f = np.isfinite(batch["forces"]).all(axis=1)
     labelled |= np.add.reduceat(per_atom_f, batch.offsets[:-1]) > 0 if batch.n_atoms else False
-    if labelled.any():
-        if not method:
-            first = names[int(np.nonzero(labelled)[0][0])]
-            raise ValidationError(f"{first} carries energies/forces: say which method produced them with --method (e.g. vasp-pbe)")
-        methods = np.where(labelled, method, "")
-        batch = batch.with_columns(method=methods.tolist())
-    else:
-        batch = batch.with_columns(method="")
+    per_image = list(method) if isinstance(method, (list, tuple)) else [method] * len(images)
+    missing = [i for i in np.nonzero(labelled)[0] if not per_image[i]]
+    if missing:
+        raise ValidationError(f"{names[int(missing[0])]} carries energies/forces: say which method produced them "
+                              "with --method (e.g. vasp-pbe)")
+    batch = batch.with_columns(method=[m if lab else "" for m, lab in zip(per_image, labelled)])
     min_d = min_distance if min_distance is not None else node.params.get("import", {}).get("min_distance", 0.5)
     validate_batch(batch, Rules(elements=frozenset(node.system), min_distance=min_d), names)
     if not commit:  # a work-tree write, for a caller that commits later
@@ -50,8 +61,7 @@ def import_files(node, files, method: str | None = None, message: str | None = N
         n_before = len(table)
         seg = table.append(batch)
         return ImportResult(read=len(batch), new=len(table) - n_before, segment=seg, commit=None)
-    msg = message or f"import {len(batch)} frames from {', '.join(f.name for f in files[:3])}{' ...' if len(files) > 3 else ''}"
-    with node.transaction(msg) as tx:
+    with node.transaction(message) as tx:
         n_before = len(tx.table)
         seg = tx.append(batch)
         new = len(tx.table) - n_before
