@@ -37,6 +37,7 @@ FILTERS = {
 
 
 def build(path: Path, n: int) -> "object":
+    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import read
 
     from nodestore.frames import FrameBatch
@@ -58,7 +59,7 @@ def build(path: Path, n: int) -> "object":
             a.calc = None
             a.set_cell(a.cell * (1 + rng.normal(0, 0.01)), scale_atoms=True)
             a.positions += rng.normal(0, 0.02, a.positions.shape)
-            a.info = {"energy": float(-4.0 * len(a) + rng.normal(0, 0.5)), "method": "vasp-pbe"}
+            a.calc = SinglePointCalculator(a, energy=float(-4.0 * len(a) + rng.normal(0, 0.5)))
             images.append(a)
         batch = FrameBatch.from_atoms(images, origin="imported").with_columns(method="vasp-pbe")
         with node.transaction(f"bench: {len(images)} frames") as tx:

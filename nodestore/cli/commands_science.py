@@ -265,9 +265,11 @@ def report(ctx, out_dir, rev):
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.pass_context
 def serve(ctx, rev, host, port):
-    """Serve the node at REV (default HEAD) as a read-only OPTIMADE API (info, links, structures, references)."""
+    """Serve the node at REV (default HEAD) as a read-only OPTIMADE API (info, links, structures,
+    references), with a page at /nodestore/: the structures table with filters, a 3D view, the hull, the loop."""
     from nodestore.serve.optimade import serve as run
 
     node = open_node(ctx)
-    click.echo(f"OPTIMADE API of {node.path} at {rev or 'HEAD'}: http://{host}:{port}/v1/structures (Ctrl-C stops)")
+    click.echo(f"OPTIMADE API of {node.path} at {rev or 'HEAD'}: http://{host}:{port}/v1/structures, "
+               f"its page: http://{host}:{port}/nodestore/ (Ctrl-C stops)")
     run(node, rev=rev or "HEAD", host=host, port=port)

@@ -71,6 +71,9 @@ def build_app(node, rev: str | None = "HEAD", base_url: str = "http://127.0.0.1:
     coll = TableCollection(StructureColumns(table, when))
     structures.structures_coll = coll
     _register(coll)
+    from .page import add_page
+
+    add_page(main.app, node, commit, table)
     main.app.state.nodestore = {"commit": str(commit.id), "rows": len(table)}
     return main.app
 
@@ -88,7 +91,7 @@ def _iso(t: int) -> str:
 
 
 def serve(node, rev: str | None = "HEAD", host: str = "127.0.0.1", port: int = 5000) -> None:
-    """Run the OPTIMADE API of ``node`` at ``rev`` until interrupted."""
+    """Run the OPTIMADE API of ``node`` at ``rev``, and its page at /nodestore/, until interrupted."""
     import uvicorn
 
     app = build_app(node, rev, base_url=f"http://{host}:{port}")

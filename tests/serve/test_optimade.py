@@ -1,67 +1,14 @@
 """``nodestore serve`` (OPTIMADE API of a node) and ``nodestore import optimade:URL``, against a live
 server in a subprocess (optimade configures itself once per process)."""
 
-import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
 
-pytest.importorskip("optimade")
-pytest.importorskip("uvicorn")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A Li-P-S node (references, 20 AIMD frames with vasp-pbe energies) served on a free port."""
-    from conftest import AIMD, REFERENCE_FILES
-    from ase.io import read, write
-
-    from nodestore.repo import Node
-
-    root = tmp_path_factory.mktemp("serve")
-    node = Node.init("Li-P-S", root / "n")
-    node.import_files(REFERENCE_FILES, origin="reference", message="refs")
-    frames = read(AIMD, index=":20")
-    write(root / "aimd20.extxyz", frames)
-    node.import_files([root / "aimd20.extxyz"], method="vasp-pbe", message="aimd")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nodestore", "-C", str(node.path), "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    for _ in range(300):
-        try:
-            if _get(base + "/info")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            pytest.fail(f"serve exited: {proc.stdout.read()}")
-    else:
-        proc.kill()
-        pytest.fail("serve did not answer in 60 s")
-    yield node, base
-    proc.terminate()
-    proc.wait(timeout=20)
+from .helpers import _free_port, _get
 
 
 def _ids(base: str, flt: str) -> set[str]:
