@@ -1,4 +1,4 @@
-"""Science commands: hull, query, entropy, classify, predict, label, iterate, stage, report, serve."""
+"""Science commands: hull, query, entropy, classify, predict, label, iterate, stage, report, serve, motifs."""
 
 from __future__ import annotations
 
@@ -273,3 +273,26 @@ def serve(ctx, rev, host, port):
     click.echo(f"OPTIMADE API of {node.path} at {rev or 'HEAD'}: http://{host}:{port}/v1/structures, "
                f"its page: http://{host}:{port}/nodestore/ (Ctrl-C stops)")
     run(node, rev=rev or "HEAD", host=host, port=port)
+
+
+@main.command()
+@click.option("--all", "all_rows", is_flag=True, help="Every frame, not only the curated entries.")
+@click.option("--factor", type=click.FloatRange(min=0.5, max=2.0), default=1.2, show_default=True,
+              help="A bond: closer than FACTOR x the sum of covalent radii.")
+@REV_OPTION
+@JSON_OPTION
+@click.pass_context
+def motifs(ctx, all_rows, factor, rev, as_json):
+    """The polyanion census: PS4, P2S7, P2S6, rings, chains ... per entry and per iteration."""
+    from nodestore.loop.actions import motifs_report
+
+    r = motifs_report(open_node(ctx), rev=rev, all_rows=all_rows, factor=factor)
+    if as_json:
+        echo_json(r)
+        return
+    table_print(r["entries"], ["frame_id", "formula", "iteration", "origin", "motifs"])
+    click.echo("")
+    for it in r["iterations"]:
+        counts = ", ".join(f"{k} {v}" for k, v in it["counts"].items()) or "none"
+        new = f"  new: {', '.join(it['new'])}" if it["new"] else ""
+        click.echo(f"iteration {it['iteration']}: {counts}{new}")

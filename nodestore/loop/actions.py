@@ -304,3 +304,41 @@ def train_forcefield(node, method: str | None = None, backend: str | None = None
         energy_rmse_after=m.get("val_energy_rmse_per_atom"),
         force_rmse_before=m.get("val_force_rmse_before"), force_rmse_after=m.get("val_force_rmse"),
         epochs=m["epochs"], best_epoch=m["best_epoch"], frozen_backbone=m["frozen_backbone"], seconds=m["seconds"])
+
+
+def motifs_report(node, rev: str | None = None, all_rows: bool = False, factor: float = 1.2) -> dict:
+    """The polyanion census of the node's curated entries and reference phases (``all_rows``: of
+    every frame) at ``rev``:
+    each row's motif multiset, the motifs counted per iteration (0: the reference phases and
+    everything imported), and the motifs no reference phase and no earlier iteration had."""
+    from collections import Counter
+
+    from nodestore.chem.motifs import census, motif_string
+    from nodestore.errors import ValidationError
+
+    table = node.table_at(rev)
+    ids, formula = table.column("frame_id"), table.column("formula")
+    origin, iteration = table.column("origin"), table.column("iteration")
+    if all_rows:
+        rows = np.arange(len(table))
+    else:
+        entries = table.column("is_entry")
+        if not entries.any():
+            raise ValidationError("the node has no curated entries yet: run `nodestore classify` "
+                                  "(or count every frame with --all)")
+        # the entries, and the reference phases they are compared with
+        rows = np.nonzero(entries | (origin == "reference"))[0]
+    entries, per_it = [], {}
+    for r, atoms in zip(rows.tolist(), table.to_atoms(rows)):
+        c = census(atoms, factor=factor)
+        k = 0 if origin[r] == "reference" else int(iteration[r])
+        per_it.setdefault(k, Counter()).update(c)
+        entries.append({"frame_id": str(ids[r]), "formula": str(formula[r]), "iteration": k,
+                        "origin": str(origin[r]), "motifs": motif_string(c), "counts": dict(c)})
+    seen: set[str] = set()
+    iterations = []
+    for k in sorted(per_it):
+        new = sorted(set(per_it[k]) - seen) if k > 0 else []
+        iterations.append({"iteration": k, "counts": dict(sorted(per_it[k].items())), "new": new})
+        seen |= set(per_it[k])
+    return {"rows": len(rows), "factor": factor, "entries": entries, "iterations": iterations}
