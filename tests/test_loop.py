@@ -122,6 +122,7 @@ def test_tiny_iteration_end_to_end(loop_node):
 
     rep = write_report(node, node.path / "report")
     assert len(rep["plots"]) >= 4 and all(os.path.getsize(p) > 1000 for p in rep["plots"])
+    assert any(p.endswith("motifs.png") for p in rep["plots"])  # the polyanion census of the entries
 
 
 @pytest.mark.parametrize("stage", ["generate", "screen", "label", "train", "curate"])

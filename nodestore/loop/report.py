@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nodestore.errors import NodestoreError
+
 
 def _iterations(node) -> list[dict]:
     out = []
@@ -122,6 +124,13 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     ax.legend(fontsize=8, loc="upper left")
     plots.append(_save(fig, out / "sun.png"))
 
+    # 6 (drawn here, shown last). the polyanion census per iteration
+    motif_note = ""
+    try:
+        plots_m = _motif_plot(node, rev, out / "motifs.png", plt)
+    except NodestoreError as exc:  # no curated entries yet
+        plots_m, motif_note = None, f"no motif census: {exc}"
+
     # 5. the hull of the reference method, new stable phases marked
     hull_note = ""
     try:
@@ -131,6 +140,9 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
                      f"found by the loop: {', '.join(r['new']) or 'none'}")
     except Exception as exc:  # a node without labelled references has no hull: say so on the page
         hull_note = f"no hull: {exc}"
+    if plots_m:
+        plots.append(plots_m)
+    hull_note = "; ".join(n for n in (hull_note, motif_note) if n)
     doc = node.show(rev)
     page = out / "index.html"
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in _table_row(it)) + "</tr>" for it in its)
@@ -146,6 +158,36 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 {imgs}</body></html>
 """)
     return {"plots": [str(p) for p in plots], "html": str(page)}
+
+
+def _motif_plot(node, rev, path: Path, plt) -> Path:
+    """Stacked bars: the named motifs of the entries and reference phases per iteration (units
+    without a canonical name, counted together as "other"); motifs new in an iteration starred."""
+    from .actions import motifs_report
+
+    r = motifs_report(node, rev=rev)
+    its = r["iterations"]
+    named = sorted({k for it in its for k in it["counts"] if "#" not in k})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ks = [it["iteration"] for it in its]
+    bottom = np.zeros(len(its))
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for c, name in enumerate(named + ["other"]):
+        vals = np.array([sum(v for k, v in it["counts"].items() if ("#" in k) == (name == "other")
+                             and (name == "other" or k == name)) for it in its], dtype=float)
+        if not vals.any():
+            continue
+        new = [name in it["new"] for it in its]
+        ax.bar(ks, vals, bottom=bottom, label=name + (" *" if any(new) else ""),
+               color="0.7" if name == "other" else colours[c % 20])
+        bottom += vals
+    ax.set_xticks(ks)
+    ax.set_xlabel("iteration (0: reference phases)")
+    ax.set_ylabel("units in the cells")
+    ax.set_title("polyanion census (* new to the node in some iteration)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _hull_plot(node, rev, path: Path) -> dict:
