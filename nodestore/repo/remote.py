@@ -341,6 +341,10 @@ def push(node, remote: str = "origin", branch: str | None = None) -> dict:
     local_objects = _local_path(_dvc_url(node, remote) or "")
     before = _dir_bytes(local_objects)
     objects = dvc.push(node.path, dvc_remote, revs=revs) if revs else 0
+    # a local remote is checked object by object before any ref moves: what DVC skipped as "already
+    # there" (a push killed mid-way can leave DVC believing so) is copied from the verified cache
+    if local_objects is not None:
+        objects += complete_local_remote(node, local_objects, commits)
     after = _dir_bytes(local_objects)
 
     # 2. refs: the branch, and the tags that point into its history and are new there
@@ -363,6 +367,53 @@ def push(node, remote: str = "origin", branch: str | None = None) -> dict:
     return {"remote": remote, "branch": branch, "commit": str(tip.id), "commits": len(revs),
             "objects": objects, "bytes": None if before is None else after - before,
             "refs": [s.split(":", 1)[1] for s in specs], "tags_skipped": tags_skipped}
+
+
+def complete_local_remote(node, objects: Path, commits) -> int:
+    """Make sure the local DVC remote at ``objects`` holds every object of ``commits``: each one
+    missing there, or a ``.dir`` listing whose content is not its hash, is copied from the local
+    cache (verified already) through a temporary file and a rename.  Returns the objects copied."""
+    import json
+    import tempfile
+
+    from . import dvc
+
+    base = objects / "files" / "md5"
+    copied, seen = 0, set()
+
+    def ensure(md5: str, label: str) -> Path:
+        nonlocal copied
+        dst = base / md5[:2] / md5[2:]
+        ok = dst.exists() and (not md5.endswith(".dir") or dvc.file_md5(dst) == md5.removesuffix(".dir"))
+        if not ok:
+            src = dvc.cache_file(node.path, md5)
+            if not src.exists():
+                raise IntegrityError(f"object {md5} ({label}) is neither on the remote nor in the local cache; "
+                                     "nothing was moved on the remote")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+            os.close(fd)
+            try:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            copied += 1
+        return dst
+
+    for c in commits:
+        for md5, label in commit_objects(node.path, node.git, c):
+            if md5 in seen:
+                continue
+            seen.add(md5)
+            dst = ensure(md5, label)
+            if md5.endswith(".dir"):
+                for e in json.loads(dst.read_text()):
+                    if e["md5"] not in seen:
+                        seen.add(e["md5"])
+                        ensure(e["md5"], f"{label}/{e['relpath']}")
+    return copied
 
 
 def _tags_in_history(node, tip) -> list[tuple[str, str]]:

@@ -17,3 +17,25 @@ def test_clone_of_a_remote_with_a_corrupted_dir_object_is_exit_7(node, tmp_path)
     rc, out = run(tmp_path, "clone", tmp_path / "remote", tmp_path / "clone")
     assert rc == 7, out
     assert "corrupted" in out and not (tmp_path / "clone").exists()
+
+
+def test_push_completes_a_local_remote_that_dvc_believes_complete(node, tmp_path, monkeypatch, aimd_atoms):
+    """Found by 100 random kills of push: after a killed push, the rerun's DVC upload skipped the
+    table's .dir listing and the ref moved, leaving a remote that could not be cloned.  push now
+    checks a local remote object by object before any ref moves."""
+    from ase.io import write
+
+    from nodestore.repo import Node, dvc
+
+    node.import_files(REFERENCE_FILES, message="refs")
+    node.remote_add("origin", str(tmp_path / "remote"))
+    node.push("origin")
+    write(tmp_path / "more.xyz", aimd_atoms[:3], format="extxyz")
+    node.import_files([tmp_path / "more.xyz"], method="vasp-pbe", message="more")
+    # DVC "already has" everything: it uploads nothing
+    monkeypatch.setattr(dvc, "push", lambda *a, **k: 0)
+    r = node.push("origin")
+    assert r["objects"] >= 2  # the new segment and the table's .dir, copied by push itself
+    assert node.fsck(remote="origin").clean
+    clone = Node.clone(str(tmp_path / "remote"), tmp_path / "clone")
+    assert len(clone.table) == len(node.table) and clone.fsck().problems == []
