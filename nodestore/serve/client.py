@@ -49,6 +49,17 @@ def fetch(url: str, filter: str = "", *, limit: int = 1000, retries: int = 3, ti
     return list(got.get("data") or []), prefix, base
 
 
+def check_filter(filter: str) -> None:
+    """Refuse a filter that OPTIMADE's grammar cannot parse, before any request is made."""
+    from optimade.filterparser import LarkParser
+
+    try:
+        LarkParser().parse(filter)
+    except Exception as exc:  # noqa: BLE001 - optimade's BadRequest, or the grammar's own error
+        detail = getattr(exc, "detail", None) or str(exc)
+        raise ValidationError(f"not an OPTIMADE filter: {filter!r} ({detail.splitlines()[0][:160]})") from None
+
+
 def method_name(prefix: str | None, method: str | None) -> str:
     """The node's method name for energies served by provider ``prefix`` (with their own ``method``)."""
     slug = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-")  # noqa: E731
@@ -97,6 +108,8 @@ def import_optimade(node, url: str, filter: str = "", *, origin: str = "imported
     base = url[len(SCHEME):] if is_optimade(url) else url
     if not re.match(r"^https?://", base):
         raise ValidationError(f"an OPTIMADE URL is http(s)://HOST/PATH (the provider's base URL), not {base!r}")
+    if filter:
+        check_filter(filter)
     entries, prefix, base = fetch(base, filter, limit=limit, progress=progress)
     if not entries:
         raise ValidationError(f"{base}: no structure matches {filter!r}" if filter else f"{base}: no structures")

@@ -10,8 +10,10 @@ serves one node.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,7 +54,9 @@ def build_app(node, rev: str | None = "HEAD", base_url: str = "http://127.0.0.1:
     commit = git.resolve(node.git, rev or "HEAD")
     table = node.table_at(str(commit.id))
     when = _iso(commit.commit_time)
-    cfg = Path(tempfile.mkdtemp(prefix="nodestore-optimade-")) / "config.json"
+    tmp = tempfile.mkdtemp(prefix="nodestore-optimade-")
+    atexit.register(shutil.rmtree, tmp, True)
+    cfg = Path(tmp) / "config.json"
     cfg.write_text(json.dumps(server_config(node, base_url)))
     os.environ["OPTIMADE_CONFIG_FILE"] = str(cfg)
     import warnings

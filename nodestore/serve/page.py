@@ -4,7 +4,9 @@ the loop's iteration metrics, all of the node at the served commit.  Works offli
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,6 +59,7 @@ def add_page(app, node, commit, table) -> None:
     from fastapi.staticfiles import StaticFiles
 
     out = Path(tempfile.mkdtemp(prefix="nodestore-page-"))
+    atexit.register(shutil.rmtree, out, True)
     doc = summary(node, commit, table, out / "hull.svg")
     app.mount("/nodestore/static", StaticFiles(directory=STATIC), name="nodestore-static")
 

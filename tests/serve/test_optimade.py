@@ -111,3 +111,8 @@ def test_unreachable_provider_is_one_message_and_writes_nothing(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nodestore", "-C", str(fresh.path), "import", "optimade:ftp://x"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "http(s)" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "nodestore", "-C", str(fresh.path), "import",
+                        "optimade:http://127.0.0.1:1", "--filter", 'elements HAS "Li" AND'],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not an OPTIMADE filter" in r.stderr and "Traceback" not in r.stderr
+    assert str(fresh.git.head.target) == head
