@@ -1,5 +1,6 @@
 """A node served by ``nodestore serve`` in a subprocess, shared by the serve tests."""
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -10,6 +11,33 @@ from .helpers import _free_port, _get
 
 pytest.importorskip("optimade")
 pytest.importorskip("uvicorn")
+
+
+@contextlib.contextmanager
+def serving(path):
+    """``nodestore serve`` of the node at ``path`` on a free port; yields the /v1 base URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nodestore", "-C", str(path), "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                if _get(base + "/info")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited: {proc.stdout.read()}")
+        else:
+            pytest.fail("serve did not answer in 120 s")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -26,23 +54,7 @@ def served(tmp_path_factory):
     frames = read(AIMD, index=":20")
     write(root / "aimd20.extxyz", frames)
     node.import_files([root / "aimd20.extxyz"], method="vasp-pbe", message="aimd")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nodestore", "-C", str(node.path), "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    for _ in range(300):
-        try:
-            if _get(base + "/info")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            pytest.fail(f"serve exited: {proc.stdout.read()}")
-    else:
-        proc.kill()
-        pytest.fail("serve did not answer in 60 s")
-    yield node, base
-    proc.terminate()
-    proc.wait(timeout=20)
+    with serving(node.path) as base:
+        yield node, base
 
 
