@@ -127,6 +127,7 @@ def reproduce(node) -> None:
 
     dvc._quiet()
     with dvc.dvc_errors("dvc repro"), contextlib.chdir(node.path):
+        dvc.repair_rwlock(node.path)
         repo = Repo(str(node.path))
         try:
             repo.reproduce()

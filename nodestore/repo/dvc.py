@@ -51,12 +51,37 @@ def _silenced():
         yield
 
 
+def repair_rwlock(path: Path) -> bool:
+    """Remove DVC's ``.dvc/tmp/rwlock`` when it is not valid JSON; True if it was removed.
+
+    DVC rewrites that file in place (under its ``rwlock.lock`` guard): a process killed while
+    writing it leaves it truncated, and every later DVC command then fails with "Unable to read
+    RWLock-file ... JSON structure is corrupted".  Checked under the same guard, so no DVC process
+    is writing it; entries of dead processes in a readable file DVC removes itself."""
+    import json
+
+    tmp = Path(path) / ".dvc" / "tmp"
+    f = tmp / "rwlock"
+    if not f.is_file():
+        return False
+    from dvc.lock import make_lock
+
+    with make_lock(str(tmp / "rwlock.lock"), tmp_dir=str(tmp)):
+        try:
+            json.loads(f.read_text() or "x")
+            return False
+        except (ValueError, UnicodeDecodeError):
+            f.unlink()
+            return True
+
+
 @contextmanager
 def open_dvc(path: Path):
     from dvc.repo import Repo
 
     _quiet()
     with dvc_errors("dvc"):
+        repair_rwlock(path)
         repo = Repo(str(path))
     try:
         with _silenced():

@@ -39,3 +39,24 @@ def test_push_completes_a_local_remote_that_dvc_believes_complete(node, tmp_path
     assert node.fsck(remote="origin").clean
     clone = Node.clone(str(tmp_path / "remote"), tmp_path / "clone")
     assert len(clone.table) == len(node.table) and clone.fsck().problems == []
+
+
+def test_a_truncated_dvc_rwlock_left_by_a_kill_does_not_fail_the_rerun(node, tmp_path, aimd_atoms):
+    """Found by random kills of merge: DVC rewrites .dvc/tmp/rwlock in place, a kill mid-write
+    truncates it, and the rerun failed with "Unable to read RWLock-file ... JSON structure is
+    corrupted".  nodestore removes an unreadable rwlock (under DVC's own guard) before DVC runs."""
+    from ase.io import write
+
+    node.import_files(REFERENCE_FILES, message="refs")
+    lock = node.path / ".dvc" / "tmp" / "rwlock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for junk in ('{"read": {"data/ta', ""):
+        lock.write_text(junk)
+        write(tmp_path / "f.xyz", aimd_atoms[:1] if junk else aimd_atoms[1:2], format="extxyz")
+        rc, out = run(node.path, "import", tmp_path / "f.xyz", "--method", "vasp-pbe", "-m", "after a kill")
+        assert rc == 0, out
+    # a readable lock file (DVC's own format) is left to DVC
+    lock.write_text('{"read": {}, "write": {}}')
+    from nodestore.repo import dvc
+
+    assert dvc.repair_rwlock(node.path) is False and lock.exists()
