@@ -182,29 +182,50 @@ class FrameBatch:
 
     def atoms(self, i: int):
         """Frame ``i`` as ASE Atoms with its labels and metadata."""
+        return self._atoms_many([i])[0]
+
+    def to_atoms(self) -> list:
+        return self._atoms_many(range(len(self)))
+
+    def _atoms_many(self, frames) -> list:
+        """Atoms for ``frames``; the per-frame work that numpy can do at once is done at once."""
         from ase import Atoms
         from ase.calculators.singlepoint import SinglePointCalculator
 
-        s, e = int(self.offsets[i]), int(self.offsets[i + 1])
         c = self.columns
-        atoms = Atoms(numbers=c["numbers"][s:e], positions=c["positions"][s:e], cell=c["cell"][i], pbc=c["pbc"][i])
-        results = {}
-        if "energy" in c and np.isfinite(c["energy"][i]):
-            results["energy"] = float(c["energy"][i])
-        if "forces" in c and np.all(np.isfinite(c["forces"][s:e])) and e > s:
-            results["forces"] = np.array(c["forces"][s:e])
-        if "stress" in c and np.all(np.isfinite(c["stress"][i])):
-            results["stress"] = np.array(c["stress"][i])
-        if results:
-            atoms.calc = SinglePointCalculator(atoms, **results)
-        for name in PER_FRAME:
-            if name in c and name not in ("cell", "pbc", "energy", "stress"):
-                v = c[name][i]
-                atoms.info[name] = v.item() if isinstance(v, np.generic) else v
-        return atoms
-
-    def to_atoms(self) -> list:
-        return [self.atoms(i) for i in range(len(self))]
+        offs = self.offsets
+        n = len(self)
+        energy = c.get("energy")
+        e_ok = np.isfinite(energy) if energy is not None else np.zeros(n, bool)
+        stress = c.get("stress")
+        s_ok = np.isfinite(stress).all(axis=1) if stress is not None else np.zeros(n, bool)
+        forces = c.get("forces")
+        counts = np.diff(offs)
+        if forces is not None and len(forces):
+            bad = (~np.isfinite(forces)).any(axis=1).astype(np.int64)
+            nbad = np.add.reduceat(bad, np.minimum(offs[:-1], len(bad) - 1)) if n else bad[:0]
+            f_ok = (nbad == 0) & (counts > 0)
+        else:
+            f_ok = np.zeros(n, bool)
+        info_names = [m for m in PER_FRAME if m in c and m not in ("cell", "pbc", "energy", "stress")]
+        info_vals = {m: c[m].tolist() for m in info_names}
+        e_list = energy.tolist() if energy is not None else None
+        out = []
+        for i in frames:
+            s, e = int(offs[i]), int(offs[i + 1])
+            atoms = Atoms(numbers=c["numbers"][s:e], positions=c["positions"][s:e], cell=c["cell"][i], pbc=c["pbc"][i])
+            results = {}
+            if e_ok[i]:
+                results["energy"] = e_list[i]
+            if f_ok[i]:
+                results["forces"] = np.array(forces[s:e])
+            if s_ok[i]:
+                results["stress"] = np.array(stress[i])
+            if results:
+                atoms.calc = SinglePointCalculator(atoms, **results)
+            atoms.info.update({m: info_vals[m][i] for m in info_names})
+            out.append(atoms)
+        return out
 
     def to_structures(self) -> list:
         from pymatgen.io.ase import AseAtomsAdaptor

@@ -2,15 +2,31 @@
 
 A segment is written once to a temporary directory, zipped (stored, not
 deflated: the Zarr codecs already compress), fsynced and renamed to
-``<sha256-prefix>.zip``.  Readers open it through ``zarr.storage.ZipStore``.
-One file per segment keeps DVC fast (it slows down with many small files) and
-makes the rename the single atomic step.
+``<sha256-prefix>.zip``.  One file per segment keeps DVC fast (it slows down
+with many small files) and makes the rename the single atomic step.
+
+Layout (written since layout 2; layout-1 segments, 8192-atom zstd chunks, read
+the same way):
+
+* per-atom columns are sharded: one shard holds up to ``ATOM_SHARD`` atoms in
+  inner chunks of ``ATOM_CHUNK`` atoms, so that a random frame decodes about
+  one small chunk per column;
+* per-frame columns are one chunk each (``FRAME_CHUNK`` rows);
+* numeric chunks are Blosc-zstd with byte shuffle (about 9 % smaller than
+  plain zstd on float64 positions and forces); strings are vlen-utf8 + zstd.
+
+Reads go through :mod:`nodestore.frames.chunks`, which decodes the chunks a
+selection needs straight from the mapped file, and fall back to
+``zarr.storage.ZipStore`` for any layout it does not know.  Per-frame columns
+of a segment are cached per process (segments never change): a training epoch
+reads them once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -22,9 +38,12 @@ from nodestore.errors import IntegrityError, SchemaError
 from .batch import FrameBatch
 from .columns import BY_NAME, COLUMNS, FORMAT_VERSION
 
-ATOM_CHUNK = 8192
-FRAME_CHUNK = 4096
+ATOM_CHUNK = 1024  # atoms per inner chunk of a per-atom column
+ATOM_SHARD = ATOM_CHUNK * 4096  # atoms per shard (one shard for any usual segment)
+FRAME_CHUNK = 65536  # rows per chunk of a per-frame column
+LAYOUT = 2
 SEGMENT_SUFFIX = ".zip"
+FRAME_CACHE_BYTES = 512 * 2**20  # per-process cache of per-frame columns
 
 
 def content_hash(batch: FrameBatch, kind: str = "frames") -> str:
@@ -61,14 +80,13 @@ def write_segment(directory: Path, batch: FrameBatch, kind: str = "frames", extr
     store = MemoryStore(buffers)
     group = zarr.open_group(store, mode="w", zarr_format=3)
     group.attrs.update(
-        {"nodestore": {"format_version": FORMAT_VERSION, "kind": kind, "rows": len(batch),
+        {"nodestore": {"format_version": FORMAT_VERSION, "layout": LAYOUT, "kind": kind, "rows": len(batch),
                        "atoms": batch.n_atoms, **(extra or {})}}
     )
-    _write_array(group, "offsets", batch.offsets, FRAME_CHUNK)
+    _write_array(group, "offsets", batch.offsets, per_atom=False)
     for name, arr in batch.columns.items():
         col = BY_NAME.get(name)
-        chunk = ATOM_CHUNK if (col is not None and col.per_atom) else FRAME_CHUNK
-        _write_array(group, name, arr, chunk)
+        _write_array(group, name, arr, per_atom=col is not None and col.per_atom)
     fd, tmpzip = tempfile.mkstemp(prefix=".tmp-seg-", suffix=SEGMENT_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -86,11 +104,23 @@ def write_segment(directory: Path, batch: FrameBatch, kind: str = "frames", extr
     return seg_id
 
 
-def _write_array(group, name: str, arr: np.ndarray, chunk: int) -> None:
+def _write_array(group, name: str, arr: np.ndarray, per_atom: bool) -> None:
+    from zarr.codecs import BloscCodec
+
     n = max(len(arr), 1)
-    chunks = (min(chunk, n), *arr.shape[1:])
-    dtype = str if arr.dtype == object else arr.dtype
-    z = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=dtype)
+    rest = arr.shape[1:]
+    kw: dict = {}
+    if arr.dtype == object:
+        dtype = str
+    else:
+        dtype = arr.dtype
+        kw["compressors"] = [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
+    if per_atom and n > ATOM_CHUNK:
+        shard = min(-(-n // ATOM_CHUNK) * ATOM_CHUNK, ATOM_SHARD)
+        kw["chunks"], kw["shards"] = (ATOM_CHUNK, *rest), (shard, *rest)
+    else:
+        kw["chunks"] = (min(ATOM_CHUNK if per_atom else FRAME_CHUNK, n), *rest)
+    z = group.create_array(name, shape=arr.shape, dtype=dtype, **kw)
     if len(arr):
         z[...] = arr
 
@@ -110,18 +140,20 @@ class Segment:
     """Read access to one segment; per-frame columns are cached on first read."""
 
     def __init__(self, path: Path):
-        import zarr
-        from zarr.storage import ZipStore
+        from .chunks import ZipArrays
 
         self.path = Path(path)
         self.id = self.path.name[: -len(SEGMENT_SUFFIX)]
         if not self.path.exists():
             raise IntegrityError(f"segment {self.id} is missing ({self.path}); run `nodestore pull` or `dvc checkout`")
+        self._group = None
         try:
-            self._store = ZipStore(self.path, mode="r")
-            self.group = zarr.open_group(self._store, mode="r", zarr_format=3)
-            meta = self.group.attrs["nodestore"]
-        except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+            self._arrays = ZipArrays(self.path)
+            root = self._arrays.json("zarr.json")
+            if root is None or root.get("node_type") != "group":
+                raise KeyError("no zarr group at the root")
+            meta = root.get("attributes", {})["nodestore"]
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, struct.error) as exc:
             raise IntegrityError(f"segment {self.id} is unreadable or corrupted: {exc}") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise SchemaError(
@@ -131,30 +163,64 @@ class Segment:
         self.meta = meta
         self.kind = meta["kind"]
         self.rows = int(meta["rows"])
-        self._cache: dict[str, np.ndarray] = {}
+        self._names = self._arrays.names()
+        st = self.path.stat()
+        self._cache_key = (str(self.path.resolve()), st.st_size, st.st_mtime_ns)
+
+    @property
+    def group(self):
+        """The segment as a read-only zarr group (the general, slower path)."""
+        if self._group is None:
+            import zarr
+            from zarr.storage import ZipStore
+
+            self._store = ZipStore(self.path, mode="r")
+            self._group = zarr.open_group(self._store, mode="r", zarr_format=3)
+        return self._group
 
     def names(self) -> list[str]:
-        return [k for k in self.group.array_keys()]
+        return list(self._names)
 
     @property
     def offsets(self) -> np.ndarray:
         return self.frame_column("offsets")
 
+    def _read_whole(self, name: str) -> np.ndarray:
+        fast = self._arrays.array(name)
+        try:
+            arr = fast.read_all() if fast is not None else self.group[name][...]
+        except (zipfile.BadZipFile, ValueError, RuntimeError, struct.error) as exc:
+            raise IntegrityError(f"segment {self.id}: column {name} is unreadable: {exc}") from None
+        if arr.dtype.kind in "UT" or arr.dtype == object:
+            arr = np.asarray(arr, dtype=object)
+        return arr
+
     def frame_column(self, name: str) -> np.ndarray:
-        """A whole per-frame column (cached: they are small)."""
-        if name not in self._cache:
-            if name in self.group:
-                arr = self.group[name][...]
-                if arr.dtype.kind in "UT" or arr.dtype == object:
-                    arr = np.asarray(arr, dtype=object)
+        """A whole per-frame column (cached per process: segments never change)."""
+        key = (*self._cache_key, name)
+        arr = _FRAME_CACHE.get(key)
+        if arr is None:
+            if name in self._names:
+                arr = self._read_whole(name)
             else:
-                col = BY_NAME[name]
-                arr = col.empty(self.rows)
-            self._cache[name] = arr
-        return self._cache[name]
+                arr = BY_NAME[name].empty(self.rows)
+            arr.setflags(write=False)
+            _FRAME_CACHE.put(key, arr)
+        return arr
 
     def atom_column(self, name: str, atom_idx: np.ndarray | slice) -> np.ndarray:
-        """Rows of a per-atom column, in one batched read (each chunk decoded once)."""
+        """Rows of a per-atom column; each chunk the selection touches is decoded once."""
+        fast = self._arrays.array(name)
+        if fast is None:
+            return self._atom_column_zarr(name, atom_idx)
+        if isinstance(atom_idx, slice):
+            atom_idx = np.arange(fast.shape[0])[atom_idx]
+        try:
+            return fast.take(atom_idx)
+        except (zipfile.BadZipFile, ValueError, RuntimeError, struct.error) as exc:
+            raise IntegrityError(f"segment {self.id}: column {name} is unreadable: {exc}") from None
+
+    def _atom_column_zarr(self, name: str, atom_idx) -> np.ndarray:
         arr = self.group[name]
         if isinstance(atom_idx, slice):
             return arr[atom_idx]
@@ -178,7 +244,7 @@ class Segment:
                 continue
             col = BY_NAME.get(name)
             if col is not None and col.per_atom:
-                cols[name] = self.group[name][...]
+                cols[name] = self._read_whole(name)
             else:
                 cols[name] = self.frame_column(name)
         if self.kind != "frames":
@@ -186,10 +252,58 @@ class Segment:
         return FrameBatch(cols, self.offsets)
 
     def close(self) -> None:
-        try:
-            self._store.close()
-        except Exception:
-            pass
+        self._arrays.close()
+        if self._group is not None:
+            try:
+                self._store.close()
+            except Exception:
+                pass
+            self._group = None
+
+
+class _LRU:
+    """A byte-bounded least-recently-used cache of read-only arrays."""
+
+    def __init__(self, budget: int):
+        from collections import OrderedDict
+
+        self.budget, self.used = budget, 0
+        self._d: OrderedDict = OrderedDict()
+
+    @staticmethod
+    def _size(arr: np.ndarray) -> int:
+        return arr.nbytes + (64 * arr.size if arr.dtype == object else 0)
+
+    def get(self, key):
+        arr = self._d.get(key)
+        if arr is not None:
+            self._d.move_to_end(key)
+        return arr
+
+    def put(self, key, arr: np.ndarray) -> None:
+        size = self._size(arr)
+        if size > self.budget:
+            return
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.used -= self._size(old)
+        self._d[key] = arr
+        self.used += size
+        while self.used > self.budget:
+            _, dropped = self._d.popitem(last=False)
+            self.used -= self._size(dropped)
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.used = 0
+
+
+_FRAME_CACHE = _LRU(FRAME_CACHE_BYTES)
+
+
+def clear_cache() -> None:
+    """Forget the cached per-frame columns of every segment (benchmarks time cold reads with it)."""
+    _FRAME_CACHE.clear()
 
 
 class OverlayBatch(FrameBatch):

@@ -252,8 +252,11 @@ class FrameTable:
                 col = BY_NAME[name]
                 out = np.empty((int(offsets[-1]), *col.shape), dtype=col.dtype)
                 for sel, cnt, pieces in atom_pieces.values():
-                    dst = _ranges(offsets[sel], cnt)
-                    out[dst] = pieces[name]
+                    lo = int(offsets[sel[0]]) if len(sel) else 0
+                    if len(sel) and int(sel[-1]) - int(sel[0]) + 1 == len(sel) and np.all(np.diff(sel) == 1):
+                        out[lo:lo + len(pieces[name])] = pieces[name]  # rows in order: one block copy
+                    else:
+                        out[_ranges(offsets[sel], cnt)] = pieces[name]
                 cols[name] = out
         for name in names:
             if name in MUTABLE:
@@ -275,6 +278,25 @@ class FrameTable:
 
     def __iter__(self):
         return self.iter_atoms()
+
+    def dataset(self, rows=None, *, columns: Sequence[str] | None = None, transform=None):
+        """Rows ``rows`` (all by default) as a ``torch.utils.data.Dataset`` of Atoms.
+
+        Batched: a DataLoader's batch is one read (``FrameDataset.loader`` makes one that
+        shuffles, with workers).  See :mod:`nodestore.frames.dataset`.
+        """
+        from .dataset import FrameDataset
+
+        return FrameDataset(self.path, rows, n_total=len(self), columns=columns, transform=transform,
+                            manifest=self.manifest)
+
+    def iterable(self, rows=None, *, shuffle: bool = False, seed: int = 0, block: int = 1024, buffer: int = 4,
+                 columns: Sequence[str] | None = None, transform=None):
+        """Rows ``rows`` as a streaming ``torch.utils.data.IterableDataset`` of Atoms (block reads)."""
+        from .dataset import FrameIterable
+
+        return FrameIterable(self.path, rows, n_total=len(self), columns=columns, transform=transform,
+                             shuffle=shuffle, seed=seed, block=block, buffer=buffer, manifest=self.manifest)
 
     def find(self, frame_ids: Sequence[str]) -> np.ndarray:
         """Row indices whose frame id is in ``frame_ids``."""
