@@ -115,14 +115,21 @@ def _write_array(group, name: str, arr: np.ndarray, per_atom: bool) -> None:
     else:
         dtype = arr.dtype
         kw["compressors"] = [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
-    if per_atom and n > ATOM_CHUNK:
-        shard = min(-(-n // ATOM_CHUNK) * ATOM_CHUNK, ATOM_SHARD)
-        kw["chunks"], kw["shards"] = (ATOM_CHUNK, *rest), (shard, *rest)
+    inner = ATOM_CHUNK * (16 if _small_per_atom(arr) else 1)
+    if per_atom and n > inner:
+        shard = min(-(-n // inner) * inner, ATOM_SHARD)
+        kw["chunks"], kw["shards"] = (inner, *rest), (shard, *rest)
     else:
         kw["chunks"] = (min(ATOM_CHUNK if per_atom else FRAME_CHUNK, n), *rest)
     z = group.create_array(name, shape=arr.shape, dtype=dtype, **kw)
     if len(arr):
         z[...] = arr
+
+
+def _small_per_atom(arr: np.ndarray) -> bool:
+    """A per-atom column of one byte per atom (atomic numbers): read whole and cached like a
+    per-frame column, so it is stored in larger chunks."""
+    return arr.dtype != object and arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)) <= 1
 
 
 def _fsync_dir(path: Path) -> None:
@@ -211,6 +218,8 @@ class Segment:
     def atom_column(self, name: str, atom_idx: np.ndarray | slice) -> np.ndarray:
         """Rows of a per-atom column; each chunk the selection touches is decoded once."""
         fast = self._arrays.array(name)
+        if fast is not None and fast.dtype.itemsize * int(np.prod(fast.shape[1:], dtype=np.int64)) <= 1:
+            return self.frame_column(name)[atom_idx]  # one byte per atom: the whole column is cached
         if fast is None:
             return self._atom_column_zarr(name, atom_idx)
         if isinstance(atom_idx, slice):
