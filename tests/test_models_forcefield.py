@@ -86,6 +86,27 @@ def test_orb_finetune_lowers_loss(tiny_orb, frames, tmp_path):
     np.testing.assert_array_equal(parent.predict(frames[:1])[0]["forces"], ff.predict(frames[:1])[0]["forces"])
 
 
+def test_orb_finetune_streams_from_a_table_dataset(tiny_orb, frames, tmp_path):
+    """Fine-tuning on ``table.dataset(rows)`` (read batch by batch, here through 2 loader
+    workers) trains the same model as on the same frames in memory."""
+    from nodestore.frames import FrameBatch, FrameTable
+
+    _, path = tiny_orb
+    t = FrameTable.create(tmp_path / "t")
+    t.append(FrameBatch.from_atoms(frames, method="vasp-pbesol"))
+    ds = t.dataset()
+    kw = dict(val_fraction=0.25, epochs=2, patience=3, lr=2e-3, batch_size=3, seed=1)
+    on_list = ForceField.load(path).finetune(t.to_atoms(), **kw)
+    on_ds = ForceField.load(path).finetune(ds, loader_workers=2, **kw)
+    assert on_ds.metrics["n_train"] == on_list.metrics["n_train"] > 0
+    assert on_ds.metrics["excluded"] == on_list.metrics["excluded"]
+    assert on_ds.training_frames == on_list.training_frames
+    a, b = on_list.predict(frames[:2]), on_ds.predict(frames[:2])
+    for x, y in zip(a, b):
+        assert x["energy"] == pytest.approx(y["energy"], abs=1e-6)
+        np.testing.assert_allclose(x["forces"], y["forces"], atol=1e-6)
+
+
 def test_wrong_backend_and_architecture(tiny_orb, tmp_path):
     from nodestore.models._chgnet import ChgnetForceField
     from nodestore.models._orb import OrbForceField

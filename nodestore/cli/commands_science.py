@@ -184,14 +184,17 @@ def label(ctx, files, labeller, no_primitive, origin, message, as_json):
 @click.option("--val-fraction", type=float, default=None, help="Fraction of the frames held out (default 0.2).")
 @click.option("--epochs", type=int, default=None, help="Epoch cap (default: params.yaml, else the recipe's).")
 @click.option("--max-seconds", type=float, default=None, help="Stop training after this many seconds.")
+@click.option("--loader-workers", type=click.IntRange(0, 64), default=None,
+              help="Processes that read the frames from the table while the model trains (default 0: in process).")
 @click.option("-m", "--message", default=None)
 @JSON_OPTION
 @click.pass_context
-def train(ctx, method, backend, val_fraction, epochs, max_seconds, message, as_json):
+def train(ctx, method, backend, val_fraction, epochs, max_seconds, loader_workers, message, as_json):
     """Fine-tune the force field on the node's labelled frames of one method and commit it as current.
 
     Refits the per-element reference energies first, then trains on energy, forces and (where
-    labelled) stress with early stopping on the held-out frames."""
+    labelled) stress with early stopping on the held-out frames.  The training frames are
+    streamed from the table batch by batch (a node's frames are never all in memory)."""
     import dataclasses
 
     from nodestore.loop.actions import train_forcefield
@@ -199,7 +202,8 @@ def train(ctx, method, backend, val_fraction, epochs, max_seconds, message, as_j
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--val-fraction")
     r = train_forcefield(open_node(ctx), method=method, backend=backend, val_fraction=val_fraction,
-                         message=message, progress=not as_json, epochs=epochs, max_seconds=max_seconds)
+                         message=message, progress=not as_json, epochs=epochs, max_seconds=max_seconds,
+                         loader_workers=loader_workers)
     if as_json:
         echo_json(dataclasses.asdict(r))
         return

@@ -135,15 +135,15 @@ class ZipArrays:
 
     def close(self) -> None:
         self._arrays.clear()
-        self._view.release()
-        if self._mm is not None:
-            try:
+        try:
+            self._view.release()
+            if self._mm is not None:
                 self._mm.close()
-            except BufferError:  # a view is still alive somewhere; the GC closes it
-                pass
-            self._mm = None
+        except BufferError:  # a caller still holds a view of the file: unmapped when it goes
+            pass
+        self._mm = None
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # the mapping, if still alive, does not need the descriptor
             self._fd = None
 
 
@@ -219,7 +219,7 @@ class FastArray:
             else:
                 n = self.per_shard * 16
                 end = len(raw) - self._index_tail
-                idx = np.frombuffer(raw[end - n:end], dtype="<u8").reshape(self.per_shard, 2)
+                idx = np.frombuffer(raw[end - n:end], dtype="<u8").reshape(self.per_shard, 2).copy()
                 self._indexes[s] = idx
         return self._indexes[s]
 

@@ -84,16 +84,31 @@ class FrameDataset(_TableAccess, tud.Dataset):
     def __getitems__(self, indices: list[int]) -> list:
         return self._fetch(self.rows[np.asarray(indices, dtype=np.int64)])
 
+    def subset(self, positions: Sequence[int]) -> "FrameDataset":
+        """The dataset of items ``positions`` of this one (same table, same pinned manifest)."""
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__getstate__())
+        out.rows = self.rows[np.asarray(positions, dtype=np.int64).reshape(-1)]
+        return out
+
+    def frame_ids(self) -> np.ndarray:
+        """The frame id of each item (one per-frame column read, no atoms)."""
+        return self.table.column("frame_id")[self.rows] if len(self.rows) else np.zeros(0, dtype=object)
+
     def loader(self, batch_size: int = 32, shuffle: bool = True, num_workers: int = 0, seed: int = 0,
-               drop_last: bool = False, **kw) -> tud.DataLoader:
-        """A DataLoader of lists of items; shuffled reproducibly with ``seed``."""
+               drop_last: bool = False, order: Sequence[int] | None = None, **kw) -> tud.DataLoader:
+        """A DataLoader of lists of items: shuffled reproducibly with ``seed``, or in ``order``
+        (positions in this dataset) when given."""
         import torch
 
+        if order is not None:
+            batches = tud.BatchSampler(list(order), batch_size, drop_last)
+            return tud.DataLoader(self, batch_sampler=batches, num_workers=num_workers,
+                                  collate_fn=collate_list, **kw)
         gen = torch.Generator()
         gen.manual_seed(seed)
         return tud.DataLoader(self, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                              collate_fn=collate_list, generator=gen, drop_last=drop_last,
-                              persistent_workers=num_workers > 0, **kw)
+                              collate_fn=collate_list, generator=gen, drop_last=drop_last, **kw)
 
 
 class FrameIterable(_TableAccess, tud.IterableDataset):

@@ -267,11 +267,11 @@ def train_forcefield(node, method: str | None = None, backend: str | None = None
 
     from nodestore.models.registry import from_config
 
-    from .stages import labelled_frames, load_forcefield, section
+    from .stages import labelled_dataset, load_forcefield, section
 
     method = method or node.config["reference_method"]
     table = node.table
-    frames = labelled_frames(table, method)
+    frames = labelled_dataset(table, method)  # streamed batch by batch: a large node is never read whole
     if len(frames) < MIN_TRAIN_FRAMES:
         known = sorted({m for m in table.column("method") if m}) if len(table) else []
         raise ValidationError(

@@ -128,13 +128,33 @@ def on_method_scale(ff, table, method: str):
     return ff.fit_references(frames, method=method) if frames else ff
 
 
+def labelled_rows(table, method: str, block: int = 4096) -> np.ndarray:
+    """Rows of ``table`` with an energy of ``method`` and finite forces on every atom (the forces
+    are read ``block`` rows at a time, so that a large node is never read whole)."""
+    if not len(table):
+        return np.zeros(0, dtype=np.int64)
+    rows = np.nonzero((table.column("method") == method) & np.isfinite(table.column("energy")))[0]
+    keep = []
+    for start in range(0, len(rows), block):
+        part = rows[start:start + block]
+        b = table.read(part, columns=["forces"])
+        bad = (~np.isfinite(b["forces"])).any(axis=1).astype(np.int64)
+        counts = np.diff(b.offsets)
+        nbad = np.add.reduceat(bad, np.minimum(b.offsets[:-1], max(len(bad) - 1, 0))) if len(bad) else counts
+        keep.append(part[(counts > 0) & (nbad == 0)])
+    return np.concatenate(keep) if keep else rows
+
+
+def labelled_dataset(table, method: str):
+    """``table``'s frames with an energy and forces of ``method`` as a torch Dataset of Atoms
+    (what fine-tuning streams from)."""
+    return table.dataset(labelled_rows(table, method))
+
+
 def labelled_frames(table, method: str) -> list:
     """``table``'s frames with an energy and forces of ``method``, as Atoms."""
-    if not len(table):
-        return []
-    rows = np.nonzero((table.column("method") == method) & np.isfinite(table.column("energy")))[0]
-    frames = table.to_atoms(rows) if len(rows) else []
-    return [f for f in frames if f.calc is not None and "forces" in f.calc.results]
+    rows = labelled_rows(table, method)
+    return table.to_atoms(rows) if len(rows) else []
 
 
 def load_generator(node, models_dir: Path | None):

@@ -262,16 +262,19 @@ class ForceField(abc.ABC):
         """
         from nodestore.models.references import fit_shift
 
-        frames = [_labelled_copy(a) for a in _check_atoms_list(frames)]
-        if not frames:
+        frames = frames if isinstance(frames, _Frames) else _Frames.of(frames)
+        if not len(frames):
             raise ValidationError("fitting reference energies needs at least one labelled frame")
-        preds = predictions if predictions is not None else self.predict(frames)
-        residuals = [a.info["_energy"] - p["energy"] for a, p in zip(frames, preds)]
-        delta, record = fit_shift([a.numbers for a in frames], residuals, rcond=rcond)
+        numbers, residuals = [], []
+        for k, batch in enumerate(frames.batches(64)):
+            preds = predictions[64 * k:64 * k + len(batch)] if predictions is not None else self.predict(batch)
+            numbers += [a.numbers for a in batch]
+            residuals += [a.info["_energy"] - p["energy"] for a, p in zip(batch, preds)]
+        delta, record = fit_shift(numbers, residuals, rcond=rcond)
         child = self._copy()
         child.references = self.references.plus(delta, method or self.references.method, record)
         child.parent = self.hash
-        child.training_frames = [_frame_id(a) for a in frames]
+        child.training_frames = frames.frame_ids()
         child.metrics = {"reference_fit": record}
         child.hash = None
         return child
@@ -285,11 +288,15 @@ class ForceField(abc.ABC):
                  refit_references: bool = True, freeze_backbone: bool | str = "auto",
                  freeze_below: int = 8, head_lr_factor: float = 1.0, warmup_fraction: float = 0.1,
                  min_lr_ratio: float = 0.05, clip_grad: float | None = 10.0,
-                 max_force: float | None = 20.0) -> "ForceField":
+                 max_force: float | None = 20.0, loader_workers: int = 0) -> "ForceField":
         """Fine-tune on labelled frames of one energy method; return a new ForceField (self is unchanged).
 
         ``frames`` are Atoms with energy and forces (on ``atoms.calc`` as read from extxyz,
-        or ``atoms.info["energy"]`` / ``atoms.arrays["forces"]``, stress optional).
+        or ``atoms.info["energy"]`` / ``atoms.arrays["forces"]``, stress optional), or a
+        table's ``FrameDataset`` (``table.dataset(rows)``): then the training frames are never
+        all in memory; every pass (filter, reference fit, each shuffled epoch) reads them batch
+        by batch through a DataLoader with ``loader_workers`` processes.  Held-out frames are
+        read once.
 
         The recipe:
 
@@ -321,19 +328,19 @@ class ForceField(abc.ABC):
 
         import torch
 
-        frames = [_labelled_copy(a) for a in _check_atoms_list(frames)]
+        frames = _Frames.of(frames, workers=loader_workers)
         if val_frames is None:
             order = list(range(len(frames)))
             random.Random(seed).shuffle(order)
             n_val = max(1, int(round(val_fraction * len(frames)))) if len(frames) > 1 and val_fraction > 0 else 0
-            val = [frames[i] for i in order[:n_val]]
-            train = [frames[i] for i in order[n_val:]]
+            val = frames.subset(order[:n_val]).all()
+            train = frames.subset(order[n_val:])
         else:
-            train, val = frames, [_labelled_copy(a) for a in _check_atoms_list(val_frames)]
+            train, val = frames, _Frames.of(val_frames).all()
         excluded = {"force": 0, "energy": 0}
         if max_force is not None:
             n0 = len(train) + len(val)
-            train = [a for a in train if np.abs(a.arrays["_forces"]).max() <= max_force]
+            train = train.where(lambda a: np.abs(a.arrays["_forces"]).max() <= max_force)
             val = [a for a in val if np.abs(a.arrays["_forces"]).max() <= max_force]
             excluded["force"] = n0 - len(train) - len(val)
         if not train:
@@ -349,7 +356,7 @@ class ForceField(abc.ABC):
             fit = base.references.fit
             drop = set(fit.get("outliers", []))
             if drop and len(drop) < len(train):
-                train = [a for i, a in enumerate(train) if i not in drop]
+                train = train.subset([i for i in range(len(train)) if i not in drop])
                 excluded["energy"] += len(drop)
             if val:  # the same test on the held-out frames, with the fitted references
                 pv = base.predict(val)
@@ -362,7 +369,7 @@ class ForceField(abc.ABC):
                 refs_only = _scores(pv, val)
         else:
             base = self._copy()
-        n_stress = sum(a.info.get("_stress") is not None for a in train)
+        n_stress = sum(a.info.get("_stress") is not None for b in train.batches(256) for a in b)
         before = self.evaluate(val) if val else {}
         refs_only = refs_only if refs_only is not None else before
         child = base._copy()
@@ -370,8 +377,7 @@ class ForceField(abc.ABC):
         if module is None:
             raise BackendError(f"backend {self.backend!r} cannot be fine-tuned")
         weights = {"energy": energy_weight, "forces": force_weight, "stress": stress_weight if n_stress else 0.0}
-        # the module learns what the reference energies leave
-        shifted = [_shifted(a, child.references) for a in train]
+        # the module learns what the reference energies leave (shifted batch by batch below)
         val_shifted = [_shifted(a, child.references) for a in val]
         frozen = (freeze_backbone is True or (freeze_backbone == "auto" and len(train) < freeze_below))
         heads = {id(p) for p in child._head_parameters()}
@@ -415,11 +421,11 @@ class ForceField(abc.ABC):
                 order = list(range(len(train)))
                 rng.shuffle(order)
                 total_loss, seen, out_of_time = 0.0, 0, False
-                for start in range(0, len(order), batch_size):
+                for start, batch in zip(range(0, len(order), batch_size), train.batches(batch_size, order)):
                     if max_seconds is not None and start and time.monotonic() - t0 > max_seconds:
                         out_of_time = True  # a slow model: the budget ends inside an epoch
                         break
-                    batch = [shifted[i] for i in order[start:start + batch_size]]
+                    batch = [_shifted(a, child.references) for a in batch]
                     opt.zero_grad()
                     loss = child._loss(batch, weights)
                     loss.backward()
@@ -462,13 +468,16 @@ class ForceField(abc.ABC):
             # is a per-element constant, not something the gradient steps should have to carry)
             from nodestore.models.references import fit_shift
 
-            pt = child.predict(train)
-            delta, rec = fit_shift([a.numbers for a in train], [a.info["_energy"] - p["energy"] for a, p in zip(train, pt)])
+            nums, res = [], []
+            for b in train.batches(64):
+                nums += [a.numbers for a in b]
+                res += [a.info["_energy"] - p["energy"] for a, p in zip(b, child.predict(b))]
+            delta, rec = fit_shift(nums, res)
             child.references = child.references.plus(delta, child.references.method,
                                                      {**child.references.fit, "after_training": rec})
         after = child.evaluate(val) if val else {}
         child.parent = self.hash
-        child.training_frames = [_frame_id(a) for a in train]
+        child.training_frames = train.frame_ids()
         child.metrics = {
             "n_train": len(train), "n_val": len(val), "epochs": epoch, "best_epoch": best[2],
             "lr": lr, "frozen_backbone": frozen, "stress_frames": n_stress, "excluded": excluded,
@@ -738,6 +747,55 @@ def _labelled_copy(atoms):
     if "frame_id" in atoms.info:
         out.info["frame_id"] = atoms.info["frame_id"]
     return out
+
+
+class _Frames:
+    """Labelled training frames: in memory (a list of labelled copies), or rows of a table's
+    ``FrameDataset`` read batch by batch (through a DataLoader with ``workers`` processes)."""
+
+    def __init__(self, items: list | None = None, dataset=None, workers: int = 0):
+        self.items, self.dataset, self.workers = items, dataset, int(workers)
+
+    @classmethod
+    def of(cls, frames, workers: int = 0) -> "_Frames":
+        if isinstance(frames, _Frames):
+            return frames
+        if hasattr(frames, "__getitems__") and hasattr(frames, "rows") and hasattr(frames, "table"):
+            if getattr(frames, "transform", None) is not None:
+                raise ValidationError("a dataset with a transform cannot be fine-tuned on (its items must be Atoms)")
+            return cls(dataset=frames, workers=workers)
+        return cls([_labelled_copy(a) for a in _check_atoms_list(frames)])
+
+    def __len__(self) -> int:
+        return len(self.items) if self.items is not None else len(self.dataset)
+
+    def subset(self, positions) -> "_Frames":
+        positions = [int(i) for i in positions]
+        if self.items is not None:
+            return _Frames([self.items[i] for i in positions])
+        return _Frames(dataset=self.dataset.subset(positions), workers=self.workers)
+
+    def batches(self, size: int, order=None):
+        """Lists of labelled copies, ``size`` at a time, in ``order`` (positions; default: as stored)."""
+        order = list(range(len(self))) if order is None else list(order)
+        if self.items is not None:
+            for start in range(0, len(order), size):
+                yield [self.items[i] for i in order[start:start + size]]
+            return
+        for batch in self.dataset.loader(batch_size=size, order=order, num_workers=self.workers):
+            yield [_labelled_copy(a) for a in batch]
+
+    def all(self) -> list:
+        return [a for b in self.batches(256) for a in b]
+
+    def where(self, keep) -> "_Frames":
+        pos = [i for k, b in enumerate(self.batches(256)) for j, a in enumerate(b) if keep(a) for i in [256 * k + j]]
+        return self if len(pos) == len(self) else self.subset(pos)
+
+    def frame_ids(self) -> list[str]:
+        if self.items is not None:
+            return [_frame_id(a) for a in self.items]
+        return [str(x) for x in self.dataset.frame_ids()]
 
 
 def _frame_id(atoms) -> str:

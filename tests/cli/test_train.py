@@ -57,7 +57,7 @@ def test_train_commits_a_current_checkpoint_on_the_method_scale(node):
     rc, out, _ = ns(node.path, "model", "list")
     assert rc == 0 and LJ in out and "->" in out
     # a second train starts from the current checkpoint: its parent
-    rc, out, err = ns(node.path, "train", "--json", "--epochs", "1")
+    rc, out, err = ns(node.path, "train", "--json", "--epochs", "1", "--loader-workers", "2")  # streamed by 2 workers
     assert rc == 0, err
     assert json.loads(out)["parent"] == meta["hash"]
 
