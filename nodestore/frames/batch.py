@@ -187,6 +187,16 @@ class FrameBatch:
     def to_atoms(self) -> list:
         return self._atoms_many(range(len(self)))
 
+    def finite_per_frame(self, name: str) -> np.ndarray:
+        """Per frame: whether it has atoms and per-atom column ``name`` is finite on every one."""
+        values, offs = self.columns[name], self.offsets
+        counts = np.diff(offs)
+        if not len(values):
+            return np.zeros(len(self), bool)
+        bad = (~np.isfinite(values)).reshape(len(values), -1).any(axis=1).astype(np.int64)
+        nbad = np.add.reduceat(bad, np.minimum(offs[:-1], len(bad) - 1)) if len(self) else bad[:0]
+        return (nbad == 0) & (counts > 0)
+
     def _atoms_many(self, frames) -> list:
         """Atoms for ``frames``; the per-frame work that numpy can do at once is done at once."""
         from ase import Atoms
@@ -200,13 +210,7 @@ class FrameBatch:
         stress = c.get("stress")
         s_ok = np.isfinite(stress).all(axis=1) if stress is not None else np.zeros(n, bool)
         forces = c.get("forces")
-        counts = np.diff(offs)
-        if forces is not None and len(forces):
-            bad = (~np.isfinite(forces)).any(axis=1).astype(np.int64)
-            nbad = np.add.reduceat(bad, np.minimum(offs[:-1], len(bad) - 1)) if n else bad[:0]
-            f_ok = (nbad == 0) & (counts > 0)
-        else:
-            f_ok = np.zeros(n, bool)
+        f_ok = self.finite_per_frame("forces") if forces is not None else np.zeros(n, bool)
         info_names = [m for m in PER_FRAME if m in c and m not in ("cell", "pbc", "energy", "stress")]
         info_vals = {m: c[m].tolist() for m in info_names}
         e_list = energy.tolist() if energy is not None else None

@@ -91,9 +91,13 @@ class FrameDataset(_TableAccess, tud.Dataset):
         out.rows = self.rows[np.asarray(positions, dtype=np.int64).reshape(-1)]
         return out
 
+    def column(self, name: str) -> np.ndarray:
+        """Per-frame column ``name`` of each item (no atoms read)."""
+        return self.table.column(name)[self.rows]
+
     def frame_ids(self) -> np.ndarray:
-        """The frame id of each item (one per-frame column read, no atoms)."""
-        return self.table.column("frame_id")[self.rows] if len(self.rows) else np.zeros(0, dtype=object)
+        """The frame id of each item."""
+        return self.column("frame_id")
 
     def loader(self, batch_size: int = 32, shuffle: bool = True, num_workers: int = 0, seed: int = 0,
                drop_last: bool = False, order: Sequence[int] | None = None, **kw) -> tud.DataLoader:

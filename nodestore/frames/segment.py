@@ -44,6 +44,8 @@ FRAME_CHUNK = 65536  # rows per chunk of a per-frame column
 LAYOUT = 2
 SEGMENT_SUFFIX = ".zip"
 FRAME_CACHE_BYTES = 512 * 2**20  # per-process cache of per-frame columns
+#: what a damaged chunk raises while it is read or decoded
+_READ_ERRORS = (zipfile.BadZipFile, ValueError, RuntimeError, struct.error)
 
 
 def content_hash(batch: FrameBatch, kind: str = "frames") -> str:
@@ -115,7 +117,7 @@ def _write_array(group, name: str, arr: np.ndarray, per_atom: bool) -> None:
     else:
         dtype = arr.dtype
         kw["compressors"] = [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")]
-    inner = ATOM_CHUNK * (16 if _small_per_atom(arr) else 1)
+    inner = ATOM_CHUNK * (16 if _small_per_atom(arr.dtype, rest) else 1)
     if per_atom and n > inner:
         shard = min(-(-n // inner) * inner, ATOM_SHARD)
         kw["chunks"], kw["shards"] = (inner, *rest), (shard, *rest)
@@ -126,10 +128,10 @@ def _write_array(group, name: str, arr: np.ndarray, per_atom: bool) -> None:
         z[...] = arr
 
 
-def _small_per_atom(arr: np.ndarray) -> bool:
+def _small_per_atom(dtype: np.dtype, rest: tuple) -> bool:
     """A per-atom column of one byte per atom (atomic numbers): read whole and cached like a
     per-frame column, so it is stored in larger chunks."""
-    return arr.dtype != object and arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)) <= 1
+    return dtype != object and dtype.itemsize * int(np.prod(rest, dtype=np.int64)) <= 1
 
 
 def _fsync_dir(path: Path) -> None:
@@ -196,7 +198,7 @@ class Segment:
         fast = self._arrays.array(name)
         try:
             arr = fast.read_all() if fast is not None else self.group[name][...]
-        except (zipfile.BadZipFile, ValueError, RuntimeError, struct.error) as exc:
+        except _READ_ERRORS as exc:
             raise IntegrityError(f"segment {self.id}: column {name} is unreadable: {exc}") from None
         if arr.dtype.kind in "UT" or arr.dtype == object:
             arr = np.asarray(arr, dtype=object)
@@ -218,7 +220,7 @@ class Segment:
     def atom_column(self, name: str, atom_idx: np.ndarray | slice) -> np.ndarray:
         """Rows of a per-atom column; each chunk the selection touches is decoded once."""
         fast = self._arrays.array(name)
-        if fast is not None and fast.dtype.itemsize * int(np.prod(fast.shape[1:], dtype=np.int64)) <= 1:
+        if fast is not None and _small_per_atom(fast.dtype, fast.shape[1:]):
             return self.frame_column(name)[atom_idx]  # one byte per atom: the whole column is cached
         if fast is None:
             return self._atom_column_zarr(name, atom_idx)
@@ -226,7 +228,7 @@ class Segment:
             atom_idx = np.arange(fast.shape[0])[atom_idx]
         try:
             return fast.take(atom_idx)
-        except (zipfile.BadZipFile, ValueError, RuntimeError, struct.error) as exc:
+        except _READ_ERRORS as exc:
             raise IntegrityError(f"segment {self.id}: column {name} is unreadable: {exc}") from None
 
     def _atom_column_zarr(self, name: str, atom_idx) -> np.ndarray:

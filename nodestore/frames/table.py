@@ -253,7 +253,7 @@ class FrameTable:
                 out = np.empty((int(offsets[-1]), *col.shape), dtype=col.dtype)
                 for sel, cnt, pieces in atom_pieces.values():
                     lo = int(offsets[sel[0]]) if len(sel) else 0
-                    if len(sel) and int(sel[-1]) - int(sel[0]) + 1 == len(sel) and np.all(np.diff(sel) == 1):
+                    if len(sel) and np.all(np.diff(sel) == 1):
                         out[lo:lo + len(pieces[name])] = pieces[name]  # rows in order: one block copy
                     else:
                         out[_ranges(offsets[sel], cnt)] = pieces[name]

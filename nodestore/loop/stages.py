@@ -137,11 +137,7 @@ def labelled_rows(table, method: str, block: int = 4096) -> np.ndarray:
     keep = []
     for start in range(0, len(rows), block):
         part = rows[start:start + block]
-        b = table.read(part, columns=["forces"])
-        bad = (~np.isfinite(b["forces"])).any(axis=1).astype(np.int64)
-        counts = np.diff(b.offsets)
-        nbad = np.add.reduceat(bad, np.minimum(b.offsets[:-1], max(len(bad) - 1, 0))) if len(bad) else counts
-        keep.append(part[(counts > 0) & (nbad == 0)])
+        keep.append(part[table.read(part, columns=["forces"]).finite_per_frame("forces")])
     return np.concatenate(keep) if keep else rows
 
 

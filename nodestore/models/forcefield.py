@@ -262,15 +262,10 @@ class ForceField(abc.ABC):
         """
         from nodestore.models.references import fit_shift
 
-        frames = frames if isinstance(frames, _Frames) else _Frames.of(frames)
+        frames = _Frames.of(frames)
         if not len(frames):
             raise ValidationError("fitting reference energies needs at least one labelled frame")
-        numbers, residuals = [], []
-        for k, batch in enumerate(frames.batches(64)):
-            preds = predictions[64 * k:64 * k + len(batch)] if predictions is not None else self.predict(batch)
-            numbers += [a.numbers for a in batch]
-            residuals += [a.info["_energy"] - p["energy"] for a, p in zip(batch, preds)]
-        delta, record = fit_shift(numbers, residuals, rcond=rcond)
+        delta, record = fit_shift(*frames.residuals(self, predictions), rcond=rcond)
         child = self._copy()
         child.references = self.references.plus(delta, method or self.references.method, record)
         child.parent = self.hash
@@ -369,7 +364,7 @@ class ForceField(abc.ABC):
                 refs_only = _scores(pv, val)
         else:
             base = self._copy()
-        n_stress = sum(a.info.get("_stress") is not None for b in train.batches(256) for a in b)
+        n_stress = train.n_stress()
         before = self.evaluate(val) if val else {}
         refs_only = refs_only if refs_only is not None else before
         child = base._copy()
@@ -468,11 +463,7 @@ class ForceField(abc.ABC):
             # is a per-element constant, not something the gradient steps should have to carry)
             from nodestore.models.references import fit_shift
 
-            nums, res = [], []
-            for b in train.batches(64):
-                nums += [a.numbers for a in b]
-                res += [a.info["_energy"] - p["energy"] for a, p in zip(b, child.predict(b))]
-            delta, rec = fit_shift(nums, res)
+            delta, rec = fit_shift(*train.residuals(child))
             child.references = child.references.plus(delta, child.references.method,
                                                      {**child.references.fit, "after_training": rec})
         after = child.evaluate(val) if val else {}
@@ -789,8 +780,24 @@ class _Frames:
         return [a for b in self.batches(256) for a in b]
 
     def where(self, keep) -> "_Frames":
-        pos = [i for k, b in enumerate(self.batches(256)) for j, a in enumerate(b) if keep(a) for i in [256 * k + j]]
+        pos = [i for i, a in enumerate(a for b in self.batches(256) for a in b) if keep(a)]
         return self if len(pos) == len(self) else self.subset(pos)
+
+    def residuals(self, ff, predictions: list[dict] | None = None, size: int = 64) -> tuple[list, list]:
+        """The atomic numbers and the energy residuals (label - prediction of ``ff``, or of
+        ``predictions`` given in frame order) of every frame, predicted ``size`` at a time."""
+        numbers, residuals = [], []
+        for k, batch in enumerate(self.batches(size)):
+            preds = predictions[size * k:size * k + len(batch)] if predictions is not None else ff.predict(batch)
+            numbers += [a.numbers for a in batch]
+            residuals += [a.info["_energy"] - p["energy"] for a, p in zip(batch, preds)]
+        return numbers, residuals
+
+    def n_stress(self) -> int:
+        """Frames with a stress label (a dataset: counted from its stress column, no atoms read)."""
+        if self.items is not None:
+            return sum(a.info.get("_stress") is not None for a in self.items)
+        return int(np.isfinite(self.dataset.column("stress")).all(axis=1).sum()) if len(self) else 0
 
     def frame_ids(self) -> list[str]:
         if self.items is not None:
