@@ -65,3 +65,28 @@ def test_substitution_from_other_system():
         assert set(a.get_chemical_symbols()) <= {"Li", "P", "S"}
         assert json.loads(a.info["substitution"])["Na"] == "Li"
         assert np.isfinite(a.get_volume()) and min_distance_ok(a, gen.min_distance)
+
+
+def test_random_generator_is_valid_deterministic_and_learns(tmp_path):
+    from nodestore.models import registry
+    from nodestore.models.generator import RandomGenerator
+
+    kw = dict(elements=["Li", "P", "S"], compositions=["Li3PS4", "Li2S", "P2S5"], max_atoms=24)
+    gen = registry.create("generator", "random", seed=5, **kw)
+    assert isinstance(gen, RandomGenerator)
+    out = gen.sample(20)
+    assert len(out) == 20
+    for a in out:
+        assert set(a.get_chemical_symbols()) <= {"Li", "P", "S"} and len(a) <= 24
+        assert min_distance_ok(a, gen.min_distance)
+        assert a.info["spacegroup"] == 1 and a.info["generator"] == "random"
+    again = RandomGenerator(seed=5, **kw).sample(20)
+    for a, b in zip(out, again):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.cell.array, b.cell.array)
+    new = gen.update([{"composition": "Li2S", "spacegroup": 1, "z": 1, "reward": 1.0, "id": f"f{i}"}
+                      for i in range(6)]
+                     + [{"composition": "P2S5", "spacegroup": 1, "z": 1, "reward": 0.0} for _ in range(6)])
+    assert new.probabilities("composition")["Li2S"] > gen.probabilities("composition")["Li2S"]
+    new.save(tmp_path / "g")
+    assert type(Generator.load(tmp_path / "g")) is RandomGenerator

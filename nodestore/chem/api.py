@@ -215,8 +215,11 @@ def entropy_report(table, rows=None, reference_rows=None, diversity: bool = True
         if path.exists():
             out = json.loads(path.read_text())
     if out is None:
-        images = table.to_atoms(picked) if len(picked) else []
+        sample = _frames_for_environments(table, picked, ids)
+        images = table.to_atoms(sample) if len(sample) else []
         out = _report(images, diversity=diversity, **kw).as_dict()
+        if len(sample) < len(picked):
+            out["sampled_frames"] = int(len(sample))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -227,6 +230,26 @@ def entropy_report(table, rows=None, reference_rows=None, diversity: bool = True
     return out
 
 
+def _frames_for_environments(table, rows: np.ndarray, ids: np.ndarray, factor: float = 1.5) -> np.ndarray:
+    """``rows``, or a random subset of them whose atoms number about ``factor`` times the
+    environments an entropy is estimated on (``entropy.MAX_ENVIRONMENTS``): the descriptors of a
+    large node are then never computed for every atom only to be subsampled (time and memory
+    would grow with the node).  The draw is seeded by the frame ids, so one set of frames always
+    gives the same sample."""
+    import hashlib
+
+    from .entropy import MAX_ENVIRONMENTS
+
+    n_atoms = table.column("n_atoms")[rows]
+    limit = int(factor * MAX_ENVIRONMENTS)
+    if n_atoms.sum() <= limit:
+        return rows
+    seed = int.from_bytes(hashlib.sha256("\n".join(ids.tolist()).encode()).digest()[:8], "little")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    keep = order[: int(np.searchsorted(np.cumsum(n_atoms[order]), limit)) + 1]
+    return rows[np.sort(keep)]
+
+
 def delta_report(table, rows, reference_rows, **kw) -> dict:
     """dH of the environments of the frames ``rows`` against those of ``reference_rows`` only
     (mean, max, fraction_new), without the entropy of either set."""
@@ -234,6 +257,7 @@ def delta_report(table, rows, reference_rows, **kw) -> dict:
 
     picked = _one_row_per_frame(table, rows)
     ref = _one_row_per_frame(table, reference_rows)
+    ref = _frames_for_environments(table, ref, table.column("frame_id")[ref].astype(str))
     images = table.to_atoms(picked) if len(picked) else []
     ref_images = table.to_atoms(ref) if len(ref) else []
     return delta_entropy(images, ref_images, **kw).as_dict()

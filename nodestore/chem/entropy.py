@@ -31,6 +31,9 @@ CUTOFF = 5.0
 BANDWIDTH = 0.015
 #: above this many environments, entropies are estimated on a fixed random subsample
 MAX_ENVIRONMENTS = 20000
+#: rows and columns of one block of QUESTS' kernel sums: its default (20,000) holds two
+#: 20,000 x 20,000 float64 blocks at once (6.4 GB); 2,000 needs 64 MB and was faster here
+KERNEL_BATCH = 2000
 
 
 def descriptors(images: Sequence, k: int = K_NEIGHBOURS, cutoff: float = CUTOFF):
@@ -58,7 +61,7 @@ def entropy_of(x: np.ndarray, h: float = BANDWIDTH, max_environments: int = MAX_
 
     if len(x) == 0:
         return 0.0
-    return float(entropy(_subsample(x, max_environments), h=h))
+    return float(entropy(_subsample(x, max_environments), h=h, batch_size=KERNEL_BATCH))
 
 
 def diversity_of(x: np.ndarray, h: float = BANDWIDTH, max_environments: int = MAX_ENVIRONMENTS) -> float:
@@ -67,7 +70,7 @@ def diversity_of(x: np.ndarray, h: float = BANDWIDTH, max_environments: int = MA
 
     if len(x) == 0:
         return 0.0
-    return float(diversity(_subsample(x, max_environments), h=h))
+    return float(diversity(_subsample(x, max_environments), h=h, batch_size=KERNEL_BATCH))
 
 
 def delta_entropy_of(y: np.ndarray, x: np.ndarray, h: float = BANDWIDTH) -> np.ndarray:
@@ -79,7 +82,7 @@ def delta_entropy_of(y: np.ndarray, x: np.ndarray, h: float = BANDWIDTH) -> np.n
     if len(x) == 0:
         return np.full(len(y), np.inf)
     with np.errstate(divide="ignore"):  # an environment far from all of x: dH = +inf
-        return np.asarray(delta_entropy(y, x, h=h), dtype=float)
+        return np.asarray(delta_entropy(y, x, h=h, batch_size=KERNEL_BATCH), dtype=float)
 
 
 @dataclass

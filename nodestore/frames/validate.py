@@ -127,12 +127,12 @@ def _min_distance(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> float:
     n = len(pos)
     if n == 1 and not np.any(pbc):
         return np.inf
-    from ase.neighborlist import neighbor_list
-
     from ase import Atoms
 
+    from .neighbours import neighbour_list
+
     atoms = Atoms(numbers=np.ones(n, dtype=int), positions=pos, cell=cell, pbc=pbc)
-    d = neighbor_list("d", atoms, 1.0)
+    d = neighbour_list("d", atoms, 1.0)
     if len(d) == 0:
         return np.inf
     return float(d.min())

@@ -196,7 +196,9 @@ def generate(node, k: int) -> dict:
     if "target_e_hull" in p:
         conditions["target_e_hull"] = float(p["target_e_hull"])
     _pause_for_tests("generate")
+    t0 = time.perf_counter()
     images = gen.sample(n, compositions=p.get("compositions"), conditions=conditions)
+    model_seconds = time.perf_counter() - t0
     from nodestore.frames import FrameBatch
 
     for a in images:
@@ -204,7 +206,7 @@ def generate(node, k: int) -> dict:
     batch = FrameBatch.from_atoms(images, origin="generated", iteration=k)
     with atomic_dir(iter_dir(node, k) / "candidates") as out:
         write_table(out, batch)
-    return {"candidates": len(batch)}
+    return {"candidates": len(batch), "model_seconds": round(model_seconds, 2)}
 
 
 def screen(node, k: int) -> dict:
@@ -231,7 +233,7 @@ def screen(node, k: int) -> dict:
     images = [images[i] for i in keep]
     _pause_for_tests("screen")
     relax = dict(fmax=float(p.get("fmax", 0.1)), steps=int(p.get("steps", 60)),
-                 relax_cell=bool(p.get("relax_cell", True)))
+                 relax_cell=bool(p.get("relax_cell", True)), cell_filter=str(p.get("cell_filter", "frechet")))
     # the force-field hull: its own energies of the reference phases, relaxed the same way and in
     # the same batched call as the candidates (one model evaluation per step for all of them)
     # in their primitive cells: the same energy per atom (alpha-S: 32 atoms instead of 128)
@@ -281,7 +283,8 @@ def screen(node, k: int) -> dict:
         (out / "screen.json").write_text(json.dumps({
             "candidates": len(cands), "duplicates_dropped": len(cands) - len(images), "relaxed": len(relaxed),
             "converged": converged, "stopped_by_guard": rejected, "method": method}, indent=1))
-    return {"screened": len(relaxed), "duplicates_dropped": len(cands) - len(images)}
+    return {"screened": len(relaxed), "duplicates_dropped": len(cands) - len(images),
+            "model_seconds": round(ff.model_seconds, 2)}
 
 
 def _match_params(node) -> dict:
@@ -296,10 +299,9 @@ def _not_duplicates(matcher, structures, known) -> list[int]:
     firsts = [i for i in range(len(structures)) if rep[i] < 0]
     if not known or not firsts:
         return firsts
-    from nodestore.chem.novelty import classify
-
-    nov = classify([prepared[i] for i in firsts], known=matcher.prepare(known), matcher=matcher, dedup_batch=False)
-    return [i for i, c in zip(firsts, nov.classes) if c != "duplicate"]
+    # only "duplicate or not" decides here: no anonymous (substitution) matching
+    hits = matcher.match([prepared[i] for i in firsts], matcher.prepare(known))
+    return [i for i, h in zip(firsts, hits) if h < 0]
 
 
 def _attach(atoms, result: dict) -> None:
@@ -405,7 +407,9 @@ def label(node, k: int) -> dict:
         lab.with_relaxation(relax_steps, fmax=float(p.get("relax_fmax", 0.05)), cell=bool(p.get("relax_cell", True)),
                             max_seconds=p.get("relax_seconds"))
     _pause_for_tests("label")
+    t0 = time.perf_counter()
     good, failures, method_info = apply_labeller(node, lab, images, {"origin": "labelled", "source": f"label@{k}"})
+    model_seconds = time.perf_counter() - t0
     batch = FrameBatch.from_atoms(good, method=lab.method, iteration=k)
     with atomic_dir(iter_dir(node, k) / "labelled") as out:
         write_table(out, batch)
@@ -415,7 +419,8 @@ def label(node, k: int) -> dict:
             "relax_steps": [b.info.get("relax_step", 0) for b in finals],
             "relax_converged": [b.info.get("relax_converged") for b in finals], "failures": failures,
             "seconds": [b.info.get("label_seconds") for b in finals]}, indent=1, default=str))
-    return {"labelled": len(finals), "frames": len(good), "failed": len(failures)}
+    return {"labelled": len(finals), "frames": len(good), "failed": len(failures),
+            "model_seconds": round(model_seconds, 2)}
 
 
 def apply_labeller(node, lab, images, info: dict) -> tuple[list, list, dict]:
@@ -473,12 +478,14 @@ def train(node, k: int) -> dict:
         # the errors over the frames fine-tuning may use (not over collapsed geometries)
         max_force = ft.get("max_force", DEFAULT_RECIPE["max_force"])
         scored = [f for f in frames if max_force is None or np.abs(f.get_forces()).max() <= max_force] or frames
+        t0 = time.perf_counter()
         before = ff.evaluate(scored)
         tuned = ff.finetune(frames, method=method, **{k_: v for k_, v in ft.items() if v is not None})
         after = tuned.evaluate(scored)
+        model_seconds = time.perf_counter() - t0
         metrics.update({"before": before, "after": after, "finetune": tuned.metrics})
     else:
-        tuned = ff
+        tuned, model_seconds = ff, 0.0
         metrics["skipped"] = f"only {len(frames)} labelled frame(s) of {method}"
     gen = load_generator(node, prev / "models")
     outcomes = _outcomes(node, k)
@@ -487,7 +494,7 @@ def train(node, k: int) -> dict:
         tuned.save(out / "forcefield")
         gen2.save(out / "generator")
     (iter_dir(node, k) / "train.json").write_text(json.dumps(metrics, indent=1, default=float))
-    return {"trained_on": len(frames), "generator_outcomes": len(outcomes)}
+    return {"trained_on": len(frames), "generator_outcomes": len(outcomes), "model_seconds": round(model_seconds, 2)}
 
 
 def _outcomes(node, k: int) -> list[dict]:

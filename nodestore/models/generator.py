@@ -104,12 +104,12 @@ class Generator(abc.ABC):
 # ---------------------------------------------------------------------- helpers
 def min_distance_ok(atoms, min_distance: float) -> bool:
     """No two atoms (periodic images included) closer than ``min_distance``."""
-    from ase.neighborlist import neighbor_list
+    from nodestore.frames.neighbours import neighbour_list
 
     if len(atoms) == 1:
         cell_lengths = atoms.cell.lengths()
         return bool(np.all(cell_lengths >= min_distance))
-    d = neighbor_list("d", atoms, min_distance)
+    d = neighbour_list("d", atoms, min_distance)
     return d.size == 0
 
 
@@ -218,10 +218,6 @@ class PyxtalGenerator(Generator):
         return self._rng.choices(keys, weights=ws, k=1)[0]
 
     def sample(self, n, compositions=None, conditions=None):
-        import warnings
-
-        from pyxtal import pyxtal
-
         conditions = dict(conditions or {})
         max_atoms = int(conditions.get("max_atoms", self.max_atoms))
         allowed = None
@@ -246,17 +242,10 @@ class PyxtalGenerator(Generator):
             sg = int(self._draw("spacegroup"))
             species = list(counts)
             numbers = [counts[el] * z for el in species]
-            crystal = pyxtal()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    crystal.from_random(3, sg, species, numbers, factor=self.volume_factor,
-                                        seed=self._rng.randrange(2**31))
-            except Exception:  # pyxtal raises when the Wyckoff sites cannot hold these counts
+            atoms = self._crystal(species, numbers, sg)
+            if atoms is None:
                 continue
-            if not crystal.valid:
-                continue
-            atoms = _scale_into(crystal.to_ase(), self.volume_bounds(counts))
+            atoms = _scale_into(atoms, self.volume_bounds(counts))
             if len(atoms) > max_atoms or not min_distance_ok(atoms, self.min_distance):
                 continue
             atoms.info.update({"generator": self.backend, "composition": comp, "z": z, "spacegroup": sg,
@@ -265,6 +254,22 @@ class PyxtalGenerator(Generator):
                 atoms.info["target_e_hull"] = float(conditions["target_e_hull"])
             out.append(atoms)
         return out
+
+    def _crystal(self, species: list[str], numbers: list[int], spacegroup: int):
+        """A random crystal of ``numbers`` atoms of ``species`` in ``spacegroup`` (None: none fits)."""
+        import warnings
+
+        from pyxtal import pyxtal
+
+        crystal = pyxtal()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                crystal.from_random(3, spacegroup, species, numbers, factor=self.volume_factor,
+                                    seed=self._rng.randrange(2**31))
+        except Exception:  # pyxtal raises when the Wyckoff sites cannot hold these counts
+            return None
+        return crystal.to_ase() if crystal.valid else None
 
     def volume_bounds(self, counts: dict) -> tuple[float, float]:
         """The (min, max) volume per atom (A^3) a sampled cell is scaled into."""
@@ -324,6 +329,58 @@ def _scale_into(atoms, bounds):
     if target != v:
         atoms.set_cell(atoms.cell.array * (target / v) ** (1 / 3), scale_atoms=True)
     return atoms
+
+
+class RandomGenerator(PyxtalGenerator):
+    """Random sensible structures, AIRSS-style (Pickard & Needs 2011): no symmetry.
+
+    Compositions and formula units are drawn from the same learned tables as ``pyxtal`` (and
+    ``update`` moves them the same way); each cell is a random lattice (lengths within a factor
+    ``1.5`` of each other, angles 60-120 degrees) of a volume in the composition's window, and
+    the atoms are placed one by one at uniformly random points at least ``min_distance`` from
+    every atom placed before (``max_attempts`` tries per atom).  About a thousand cells per
+    second on one core: the baseline of random search, and the cheap generator of the scale
+    bench.  Every candidate is space group 1.
+    """
+
+    backend = "random"
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("spacegroups", [1])
+        super().__init__(*args, **kwargs)
+
+    def _crystal(self, species, numbers, spacegroup):
+        from ase import Atoms
+        from ase.geometry import cellpar_to_cell
+
+        rng = np.random.default_rng(self._rng.randrange(2**63))
+        symbols = [el for el, k in zip(species, numbers) for _ in range(k)]
+        counts = {el: k for el, k in zip(species, numbers)}
+        lo, hi = self.volume_bounds(counts)
+        volume = rng.uniform(lo, hi) * len(symbols)
+        lengths = rng.uniform(1.0, 1.5, 3)
+        angles = rng.uniform(60.0, 120.0, 3)
+        cell = cellpar_to_cell(np.concatenate([lengths, angles]))
+        vol = abs(np.linalg.det(cell))
+        if vol < 0.2 * np.prod(lengths):  # a nearly flat cell: draw again
+            return None
+        cell *= (volume / vol) ** (1 / 3)
+        # minimum-image distances in fractional space (cells here are not too skewed for it)
+        frac = np.zeros((0, 3))
+        for _ in symbols:
+            for _attempt in range(self.max_attempts * 5):
+                p = rng.random(3)
+                if not len(frac):
+                    break
+                d = frac - p
+                d -= np.round(d)
+                if np.min(np.linalg.norm(d @ cell, axis=1)) >= self.min_distance:
+                    break
+            else:
+                return None
+            frac = np.vstack([frac, p])
+        atoms = Atoms(symbols, scaled_positions=frac, cell=cell, pbc=True)
+        return atoms
 
 
 # ---------------------------------------------------------------------- substitution

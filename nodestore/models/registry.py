@@ -25,10 +25,12 @@ _BUILTIN = {
         "chgnet": "nodestore.models._chgnet:ChgnetForceField",
         "orb": "nodestore.models._orb:OrbForceField",
         "sevenn": "nodestore.models._sevenn:SevennetForceField",
+        "pair": "nodestore.models._pair:PairForceField",
     },
     "generator": {
         "pyxtal": "nodestore.models.generator:PyxtalGenerator",
         "substitution": "nodestore.models.generator:SubstitutionGenerator",
+        "random": "nodestore.models.generator:RandomGenerator",
     },
     "labeller": {
         "gpaw": "nodestore.models.labeller:GpawLabeller",

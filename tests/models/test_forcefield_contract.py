@@ -27,6 +27,7 @@ BACKENDS = {
     "orb": lambda: registry.create("forcefield", "orb", architecture="orb-v3-direct", seed=0),
     "chgnet": lambda: registry.create("forcefield", "chgnet"),
     "sevenn": lambda: registry.create("forcefield", "sevenn", pretrained="7net-0"),
+    "pair": lambda: registry.create("forcefield", "pair"),
 }
 
 #: a known per-element shift (eV per atom of the element) put on top of the model's own energies
