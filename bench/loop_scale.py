@@ -108,6 +108,39 @@ def build_node(path: Path, frames: int, seed: int = 0) -> None:
         print(f"  base node: {done}/{frames} frames ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def _warm_part(args) -> int:
+    from nodestore.chem.matcher import Matcher, PreparedCache
+    from nodestore.frames import FrameTable
+
+    table_path, folder, rows = args
+    table = FrameTable.open(table_path)
+    ids = table.column("frame_id")[rows].astype(str).tolist()
+    cache = PreparedCache(folder)
+    cache.prepare(Matcher(), ids, lambda pos: table.structures(rows[pos]))
+    return len(rows)
+
+
+def warm_cache(path: Path, processes: int = 2) -> float:
+    """Reduce the base node's entries for the matcher once (what curating them would have left
+    in the node's cache); returns the seconds it took."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from nodestore.loop.stages import prepared_cache
+    from nodestore.repo import Node
+
+    t0 = time.perf_counter()
+    node = Node.open(path)
+    table = node.table
+    rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
+    parts = [(table.path, prepared_cache(node), chunk) for chunk in np.array_split(rows, max(1, len(rows) // 5000))]
+    with ProcessPoolExecutor(processes) as pool:
+        done = 0
+        for n in pool.map(_warm_part, parts):
+            done += n
+            print(f"  matcher cache: {done}/{len(rows)} entries ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return time.perf_counter() - t0
+
+
 def run_child(node: Path, *args, env=None) -> dict:
     """Run ``nodestore -C node ARGS`` in a child: wall seconds and its peak RSS (``wait4``)."""
     t = time.perf_counter()
@@ -139,8 +172,10 @@ def one_size(base: Path, work: Path, n: int, steps: int, scheduler: str | None) 
     p = params_for(n, steps)
     for key in ("generate", "screen", "select"):
         params[key] = p[key]
-    (node / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_child(node, "commit", "-m", f"bench: {n} candidates")
+    text = yaml.safe_dump(params, sort_keys=False)
+    if text != (node / "params.yaml").read_text():
+        (node / "params.yaml").write_text(text)
+        run_child(node, "commit", "-m", f"bench: {n} candidates")
     run_child(node, "iterate")
     env = {"NODESTORE_SCHEDULER": scheduler} if scheduler else {}
     rows = {}
@@ -209,6 +244,12 @@ def main(argv=None) -> int:
         build_node(base, a.node_frames)
         (base / ".git" / "info" / "exclude").open("a").write(".bench-complete\n")
         (base / ".bench-complete").write_text(f"{time.perf_counter() - t:.1f}\n")
+    if not (base / ".bench-warm").exists():
+        print("reducing the base node's entries for the matcher once (a curated node has them cached) ...", flush=True)
+        seconds = warm_cache(base)
+        (base / ".git" / "info" / "exclude").open("a").write(".bench-warm\n")
+        (base / ".bench-warm").write_text(f"{seconds:.1f}\n")
+    warm_seconds = float((base / ".bench-warm").read_text())
     cluster = None
     scheduler = a.scheduler
     if scheduler and scheduler.startswith("local:"):
@@ -226,6 +267,7 @@ def main(argv=None) -> int:
     exp = exponents(results)
     print(f"\nloop at scale: node of {a.node_frames} frames, sizes {a.sizes}, {a.steps} relaxation steps"
           + (f", scheduler {a.scheduler}" if a.scheduler else ""))
+    print(f"(once per node, not per iteration: reducing its entries for the matcher took {warm_seconds:.0f} s on 2 processes)")
     head = f"{'stage':<9}" + "".join(f" | N={r['n']:>6}: wall s, non-model s, peak MB" for r in results) + " | exponent"
     print(head)
     for stage in results[0]["stages"]:
@@ -242,7 +284,8 @@ def main(argv=None) -> int:
         worst = max(exp, key=exp.get)
         print(f"largest growth exponent: {worst} {exp[worst]:.2f} (target <= 1.2)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"node_frames": a.node_frames, "results": results, "exponents": exp}, indent=1))
+        Path(a.json).write_text(json.dumps({"node_frames": a.node_frames, "results": results, "exponents": exp,
+                                              "matcher_cache_seconds": warm_seconds}, indent=1))
     return 0
 
 

@@ -82,7 +82,8 @@ def _one_row_per_frame(table, rows=None) -> np.ndarray:
     return np.array(keep, dtype=np.int64)
 
 
-def classify_table(table, reference_atoms: Sequence | None = None, params: dict | None = None, rows=None):
+def classify_table(table, reference_atoms: Sequence | None = None, params: dict | None = None, rows=None,
+                   cache=None, keep_spacegroups: bool = False):
     """Curate entries: dedup, novelty class, fingerprint, space group, chemical validity.
 
     One structure per frame id is considered (``rows`` restricts them).  They
@@ -96,10 +97,16 @@ def classify_table(table, reference_atoms: Sequence | None = None, params: dict 
     elements) and the table's rows of origin "reference": "duplicate" (a known
     phase), "substitution" (a known prototype with other elements) or "novel".
 
+    With ``cache`` (a folder), each structure's reduction for the matcher is kept there by frame
+    id (:class:`~nodestore.chem.matcher.PreparedCache`) and read back next time, so a loop that
+    classifies its node every iteration reduces each entry once.  ``keep_spacegroups`` keeps the
+    space group of rows that have one (the loop's curation; the ``classify`` verb recomputes).
+    Chemical validity depends on the composition only and is computed once per formula.
+
     Returns ``(keys, columns)``: row keys (every method's row of each frame)
     and a dict of mutable column values, ready for ``table.annotate(keys, columns)``.
     """
-    from .matcher import Matcher
+    from .matcher import Matcher, PreparedCache
     from .novelty import chemically_valid, classify
 
     p = dict(CLASSIFY_DEFAULTS, **(params or {}))
@@ -116,9 +123,21 @@ def classify_table(table, reference_atoms: Sequence | None = None, params: dict 
     key2 = np.where(np.isfinite(e_atom), e_atom, np.inf)
     order = np.lexsort((np.arange(len(picked)), key2, key1))
     ordered = picked[order]
-    structures = table.structures(ordered)
+    loaded: dict[int, object] = {}
+
+    def structures(pos) -> list:  # the structures at positions ``pos`` of ``ordered``, each read once
+        need = [int(i) for i in pos if int(i) not in loaded]
+        if need:
+            loaded.update(zip(need, table.structures(ordered[need])))
+        return [loaded[int(i)] for i in pos]
+
     matcher = Matcher(ltol=p["ltol"], stol=p["stol"], angle_tol=p["angle_tol"])
-    prepared = matcher.prepare(structures)
+    all_pos = np.arange(len(ordered))
+    if cache is not None:
+        frame_ids = table.column("frame_id")[ordered].astype(str).tolist()
+        prepared = PreparedCache(cache).prepare(matcher, frame_ids, structures)
+    else:
+        prepared = matcher.prepare(structures(all_pos))
     rep = matcher.dedup(prepared)
 
     origin = table.column("origin")
@@ -141,8 +160,13 @@ def classify_table(table, reference_atoms: Sequence | None = None, params: dict 
     duplicate_of = np.array([""] * n, dtype=object)
     for i in np.nonzero(~is_rep)[0]:
         duplicate_of[i] = ids[ordered[rep[i]]]
-    valid = chemically_valid(structures).astype(np.int8)
-    spg = _spacegroups(structures, p["symprec"])
+    formulas = np.array([pp.reduced_formula for pp in prepared], dtype=object)
+    uniq, inverse = np.unique(formulas.astype(str), return_inverse=True)
+    valid = chemically_valid(list(uniq)).astype(np.int8)[inverse]
+    spg = table.column("spacegroup")[ordered].astype(np.int16) if keep_spacegroups else np.zeros(len(ordered), np.int16)
+    todo = np.nonzero(spg <= 0)[0]
+    if len(todo):
+        spg[todo] = _spacegroups(structures(todo), p["symprec"])
     fingerprint = [pp.fingerprint for pp in prepared]
 
     # spread the values to every row (every method) of each frame

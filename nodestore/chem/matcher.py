@@ -141,12 +141,20 @@ def primitive_unchanged(structure, tolerance: float = 0.25) -> bool:
     return bool(np.all(np.abs(v) <= tol2))
 
 
+def composition_key(comp) -> str:
+    """A string equal for two compositions exactly when ``SpeciesComparator.get_hash`` (their
+    fractional compositions) are equal: the reduced composition, species by species.  A string
+    (unlike the Composition the comparator returns) can be stored and compared exactly."""
+    red = comp.reduced_composition
+    return " ".join(f"{sp}:{float(red[sp])!r}" for sp in sorted(red, key=str))
+
+
 @dataclass
 class Prepared:
     """One structure as the matcher sees it: reduced once, with its invariants."""
 
-    reduced: object  # pymatgen Structure, Niggli + primitive, as StructureMatcher makes it
-    formula: str  # the comparator's hash (fractional composition)
+    reduced: object  # pymatgen Structure, Niggli + primitive, as StructureMatcher makes it (None: see structure())
+    formula: str  # the comparator's hash as a string: see composition_key
     reduced_formula: str
     anonymous: str  # anonymized formula
     n_sites: int
@@ -157,6 +165,17 @@ class Prepared:
     species: np.ndarray = None  # species code of each site (the comparator's notion)
     cell_lengths: np.ndarray = None  # a, b, c of ``unit`` (cell order)
     cell_angles: np.ndarray = None  # alpha, beta, gamma of ``unit`` (degrees)
+    lattice: np.ndarray = None  # the reduced cell at its own scale (rows)
+    site_species: tuple = None  # species symbol of each site of the reduced structure
+
+    def structure(self):
+        """The reduced structure; built from the cached arrays on first use when it was read
+        from a :class:`PreparedCache` (only pairs that reach ``fit`` need it)."""
+        if self.reduced is None:
+            from pymatgen.core import Lattice, Structure
+
+            self.reduced = Structure(Lattice(self.lattice), list(self.site_species), self.frac)
+        return self.reduced
 
     @property
     def fingerprint(self) -> str:
@@ -248,7 +267,7 @@ class Matcher:
                              dtype=np.int64)
             out.append(Prepared(
                 reduced=red,
-                formula=self.sm._comparator.get_hash(comp),
+                formula=composition_key(comp),
                 reduced_formula=comp.reduced_formula,
                 anonymous=comp.anonymized_formula,
                 n_sites=len(red),
@@ -259,6 +278,8 @@ class Matcher:
                 species=codes,
                 cell_lengths=cell_lengths,
                 cell_angles=np.array(red.lattice.angles),
+                lattice=np.array(lat, dtype=float),
+                site_species=tuple(str(sp) for sp in red.species) if red.is_ordered else None,
             ))
         return out
 
@@ -305,9 +326,9 @@ class Matcher:
                 return False
         self.stats.fits += 1
         if anonymous:
-            ok = self.sm.fit_anonymous(ref.reduced, cand.reduced, skip_structure_reduction=True)
+            ok = self.sm.fit_anonymous(ref.structure(), cand.structure(), skip_structure_reduction=True)
         else:
-            ok = self.sm.fit(ref.reduced, cand.reduced, skip_structure_reduction=True)
+            ok = self.sm.fit(ref.structure(), cand.structure(), skip_structure_reduction=True)
         if not ok:
             self.stats.count("fit_false")
         return bool(ok)
@@ -381,4 +402,154 @@ def exhaustive_dedup(structures: Sequence, **params) -> np.ndarray:
         for s in group[1:]:
             result[where[id(s)]] = first
     return result
+
+
+
+class PreparedCache:
+    """Prepared structures kept on disk, keyed by frame id.
+
+    A frame id is a content hash of the geometry, and the reduction depends on nothing else, so
+    a node's entries are reduced once, not again in every stage that matches against them (a
+    screen against the node's entries, a curation of the node).  The folder holds shards
+    (``shard-*.npz``, written whole and renamed into place, so readers never see a half-written
+    one); a reader that finds an id here gets back exactly what :meth:`Matcher.prepare` made,
+    and the reduced structure itself is rebuilt only for pairs that reach ``fit``.  Disordered
+    structures are not kept.  Many shards are merged into one now and then.
+
+    >>> cache = PreparedCache(node.state_dir / "cache" / "prepared")
+    >>> known = cache.prepare(matcher, frame_ids, lambda missing: table.structures(rows[missing]))
+    """
+
+    MAX_SHARDS = 16
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        import pymatgen.core
+
+        ver = getattr(pymatgen.core, "__version__", "0")
+        self.folder = Path(folder) / f"v1-pymatgen{ver}-prim{int(MATCH_PARAMS['primitive_cell'])}"
+        self._index: dict[str, tuple[dict, int]] | None = None
+        self.hits = self.misses = 0
+
+    # -- reading ---------------------------------------------------------
+    def _shards(self):
+        return sorted(self.folder.glob("shard-*.npz")) if self.folder.is_dir() else []
+
+    @staticmethod
+    def _read_shard(path) -> dict | None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError, EOFError):
+            return None  # a cache: a shard merged away (or damaged) meanwhile is just a miss
+        d["offsets"] = np.concatenate([[0], np.cumsum(d["n_sites"])])
+        return d
+
+    def _load(self) -> dict:
+        if self._index is None:
+            self._index = {}
+            for path in self._shards():
+                d = self._read_shard(path)
+                if d is not None:
+                    for i, fid in enumerate(d["ids"].tolist()):
+                        self._index[fid] = (d, i)
+        return self._index
+
+    def get(self, frame_ids: Sequence[str]) -> list[Prepared | None]:
+        index = self._load()
+        out = []
+        for fid in frame_ids:
+            hit = index.get(str(fid))
+            out.append(None if hit is None else self._prepared(*hit))
+        n = sum(p is not None for p in out)
+        self.hits += n
+        self.misses += len(out) - n
+        return out
+
+    @staticmethod
+    def _prepared(d: dict, i: int) -> Prepared:
+        a, b = d["offsets"][i], d["offsets"][i + 1]
+        keys = d["species_key"][a:b].tolist()
+        codes = np.array([_SPECIES.setdefault(k, len(_SPECIES)) for k in keys], dtype=np.int64)
+        unit = d["unit"][i]
+        cell_lengths = np.linalg.norm(unit, axis=1)
+        return Prepared(reduced=None, formula=str(d["formula"][i]), reduced_formula=str(d["reduced_formula"][i]),
+                        anonymous=str(d["anonymous"][i]), n_sites=int(d["n_sites"][i]), minima=d["minima"][i],
+                        lengths=np.sort(cell_lengths), unit=np.ascontiguousarray(unit),
+                        frac=np.ascontiguousarray(d["frac"][a:b]), species=codes, cell_lengths=cell_lengths,
+                        cell_angles=d["cell_angles"][i], lattice=d["lattice"][i],
+                        site_species=tuple(d["site_species"][a:b].tolist()))
+
+    # -- writing ---------------------------------------------------------
+    def put(self, frame_ids: Sequence[str], prepared: Sequence[Prepared]) -> int:
+        """Keep these (ids not yet here, ordered structures only); returns how many were written."""
+        index = self._load()
+        seen, rows = set(), []
+        for fid, p in zip(frame_ids, prepared):
+            fid = str(fid)
+            if fid and fid not in index and fid not in seen and p.site_species is not None and p.lattice is not None:
+                seen.add(fid)
+                rows.append((fid, p))
+        if not rows:
+            return 0
+        self._write(self._arrays(rows))
+        self._index = None
+        if len(self._shards()) > self.MAX_SHARDS:
+            self.compact()
+        return len(rows)
+
+    @staticmethod
+    def _arrays(rows: list) -> dict:
+        inv = {v: k for k, v in _SPECIES.items()}
+        return {
+            "ids": np.array([f for f, _ in rows]),
+            "n_sites": np.array([p.n_sites for _, p in rows], dtype=np.int64),
+            "formula": np.array([p.formula for _, p in rows]),
+            "reduced_formula": np.array([p.reduced_formula for _, p in rows]),
+            "anonymous": np.array([p.anonymous for _, p in rows]),
+            "minima": np.array([p.minima for _, p in rows], dtype=float),
+            "unit": np.array([p.unit for _, p in rows], dtype=float),
+            "cell_angles": np.array([p.cell_angles for _, p in rows], dtype=float),
+            "lattice": np.array([p.lattice for _, p in rows], dtype=float),
+            "frac": np.concatenate([p.frac for _, p in rows]).astype(float),
+            "site_species": np.array([s for _, p in rows for s in p.site_species]),
+            "species_key": np.array([inv[int(c)] for _, p in rows for c in p.species]),
+        }
+
+    def _write(self, arrays: dict) -> None:
+        import os
+        import uuid
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{uuid.uuid4().hex}"
+        tmp = self.folder / f".{name}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.folder / f"{name}.npz")
+
+    def compact(self) -> None:
+        """Merge every shard into one (written before the old ones go; an id kept twice, by two
+        writers at once, is kept once)."""
+        shards = self._shards()
+        self._index = None
+        index = self._load()
+        if len(shards) > 1 and index:
+            self._write(self._arrays([(fid, self._prepared(*hit)) for fid, hit in index.items()]))
+            for path in shards:
+                path.unlink(missing_ok=True)
+        self._index = None
+
+    # -- the usual call --------------------------------------------------
+    def prepare(self, matcher: "Matcher", frame_ids: Sequence[str], load) -> list[Prepared]:
+        """Prepared structures of ``frame_ids``: from here where kept, else ``matcher.prepare``
+        of ``load(positions)`` (the structures at those positions of ``frame_ids``), kept for
+        next time."""
+        got = self.get(frame_ids)
+        missing = [i for i, p in enumerate(got) if p is None]
+        if missing:
+            fresh = matcher.prepare(load(np.array(missing, dtype=np.int64)))
+            for i, p in zip(missing, fresh):
+                got[i] = p
+            self.put([frame_ids[i] for i in missing], fresh)
+        return got
 

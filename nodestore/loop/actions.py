@@ -187,7 +187,8 @@ def classify_node(node, message: str | None = None, all_rows: bool = False) -> d
             classified = None
         else:
             # entries are decided among all candidates at once: dedup needs the whole set
-            keys, cols = classify_table(table, params=_match(node), rows=rows)
+            keys, cols = classify_table(table, params=_match(node), rows=rows,
+                                        cache=node.state_dir / "cache" / "prepared")
             tx.annotate(keys, cols)
             counts = {c: int(np.sum(np.asarray(cols["novelty"]) == c)) for c in ("duplicate", "substitution", "novel")}
             classified = (len(keys), counts, int(np.sum(cols["is_entry"])))

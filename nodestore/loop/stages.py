@@ -227,7 +227,13 @@ def screen(node, k: int) -> dict:
     # duplicates among the candidates and of the node's entries are dropped before relaxing
     matcher = Matcher(**_match_params(node))
     known_rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
-    known = table.structures(known_rows) if len(known_rows) else []
+    known = []
+    if len(known_rows):
+        from nodestore.chem.matcher import PreparedCache
+
+        known_ids = table.column("frame_id")[known_rows].astype(str).tolist()
+        known = PreparedCache(prepared_cache(node)).prepare(matcher, known_ids,
+                                                            lambda pos: table.structures(known_rows[pos]))
     structures = cands.structures()
     keep = _not_duplicates(matcher, structures, known)
     images = [images[i] for i in keep]
@@ -285,6 +291,11 @@ def screen(node, k: int) -> dict:
             "converged": converged, "stopped_by_guard": rejected, "method": method}, indent=1))
     return {"screened": len(relaxed), "duplicates_dropped": len(cands) - len(images),
             "model_seconds": round(ff.model_seconds, 2)}
+
+
+def prepared_cache(node) -> Path:
+    """Where the matcher's reductions of the node's frames are kept (local, never committed)."""
+    return node.state_dir / "cache" / "prepared"
 
 
 def _match_params(node) -> dict:
@@ -567,7 +578,8 @@ def curate(node, k: int) -> dict:
     cand = entry_candidates(scratch)
     ids = scratch.column("frame_id")
     cand = np.array([r for r in cand if not (is_ff[r] and ids[r] in labelled_parents)], dtype=np.int64)
-    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node), rows=cand)
+    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node), rows=cand, cache=prepared_cache(node),
+                                       keep_spacegroups=True)
     scratch.annotate(ckeys, ccols)
     thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
     with tempfile.TemporaryDirectory(prefix="nodestore-curate-") as tmp:

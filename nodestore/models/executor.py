@@ -5,6 +5,12 @@ whose size respects ``processes x torch_threads <= cores``;
 ``DaskExecutor`` sends the work to a Dask distributed scheduler
 (``tcp://host:8786``) or to a given ``Client``/``LocalCluster``.  Long work
 shows a tqdm progress bar.  ``fn`` and items must pickle for pools and Dask.
+
+A worker that dies (killed, out of memory, its node gone) loses only the items it was running.
+On Dask the scheduler runs them again on another worker (up to its
+``distributed.scheduler.allowed-failures``, 3 by default); an item that still has no result, or
+that a broken local pool never ran, gets ``on_lost(item, exc)`` as its result when the caller gave
+one (the labeller records a failure), else the map raises a BackendError.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ class Executor(abc.ABC):
     backend: ClassVar[str] = ""
 
     @abc.abstractmethod
-    def map(self, fn: Callable, items: Sequence, progress: bool = True, io_bound: bool = False) -> list:
+    def map(self, fn: Callable, items: Sequence, progress: bool = True, io_bound: bool = False,
+            on_lost: Callable | None = None) -> list:
         """``[fn(x) for x in items]``, possibly in parallel; results in input order.
 
         ``io_bound``: ``fn`` spends its time waiting (on a worker process of its own, such as a
         first-principles code), so threads of this process may run several at once.
+        ``on_lost(item, exc)``: the result of an item whose worker was lost (see the module doc).
         """
 
     def close(self) -> None:
@@ -83,7 +91,7 @@ class LocalExecutor(Executor):
             raise ValidationError(f"{processes} processes x {torch_threads} torch threads > {cores} cores")
         self.processes, self.torch_threads, self.desc = processes, torch_threads, desc
 
-    def map(self, fn, items, progress=True, io_bound=False):
+    def map(self, fn, items, progress=True, io_bound=False, on_lost=None):
         items = list(items)
         bar = _progress(len(items), progress and len(items) > 1, self.desc)
         try:
@@ -108,17 +116,27 @@ class LocalExecutor(Executor):
             with ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_init_worker,
                                      initargs=(self.torch_threads,)) as pool:
                 futures = [pool.submit(fn, x) for x in items]
-                return self._collect(futures, bar)
+                return self._collect(futures, bar, items, on_lost)
         finally:
             if bar is not None:
                 bar.close()
 
     @staticmethod
-    def _collect(futures, bar) -> list:
+    def _collect(futures, bar, items=None, on_lost=None) -> list:
+        from concurrent.futures.process import BrokenProcessPool
+
         if bar is not None:
             for f in futures:
                 f.add_done_callback(lambda _f: bar.update(1))
-        return [f.result() for f in futures]
+        out = []
+        for i, f in enumerate(futures):
+            try:
+                out.append(f.result())
+            except BrokenProcessPool as exc:  # a worker died: the items it and the pool still held
+                if on_lost is None:
+                    raise BackendError(f"a worker process died: {exc}") from None
+                out.append(on_lost(items[i], exc))
+        return out
 
 
 class DaskExecutor(Executor):
@@ -145,8 +163,9 @@ class DaskExecutor(Executor):
             self._own = True
         self.desc = desc
 
-    def map(self, fn, items, progress=True, io_bound=False):
+    def map(self, fn, items, progress=True, io_bound=False, on_lost=None):
         from distributed import as_completed
+        from distributed.scheduler import KilledWorker
 
         items = list(items)
         if not items:
@@ -154,13 +173,24 @@ class DaskExecutor(Executor):
         futures = self.client.map(fn, items, pure=False)
         bar = _progress(len(items), progress and len(items) > 1, self.desc)
         try:
-            if bar is not None:
-                for _ in as_completed(futures):
+            for _ in as_completed(futures):
+                if bar is not None:
                     bar.update(1)
-            return self.client.gather(futures)
+            out = []
+            for item, f in zip(items, futures):
+                if f.status == "error":
+                    exc = f.exception()
+                    if isinstance(exc, KilledWorker):  # its workers died, past the scheduler's retries
+                        if on_lost is None:
+                            raise BackendError(f"Dask lost the workers of an item: {exc}") from None
+                        out.append(on_lost(item, exc))
+                        continue
+                out.append(f.result())
+            return out
         finally:
             if bar is not None:
                 bar.close()
+            self.client.cancel(futures)
 
     def close(self):
         if self._own:

@@ -76,7 +76,13 @@ class Labeller(abc.ABC):
         if executor is None:
             from nodestore.models.executor import LocalExecutor
             executor = LocalExecutor(processes=1)
-        return executor.map(self.label_one, atoms_list, progress=progress, io_bound=self.runs_in_worker)
+        return executor.map(self.label_one, atoms_list, progress=progress, io_bound=self.runs_in_worker,
+                            on_lost=self._lost)
+
+    def _lost(self, atoms, exc) -> dict:
+        """The label of a structure whose worker was lost: a recorded failure, never a crash."""
+        return _failure(f"worker lost: {type(exc).__name__}: {exc}", self.method, self.method_info, 0.0,
+                        kind="worker-lost")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method}>"
