@@ -181,3 +181,21 @@ def test_cartesian_site_test_rejects_what_fit_rejects():
         assert len(mats)  # the lattices map: only the sites decide
         assert bool(m.sm.fit(pa.reduced, other.reduced, skip_structure_reduction=True)) is expected
         assert m._sites_may_match(pa, other, mats) is expected
+
+
+def test_dedup_with_settled_representatives_equals_the_full_run(structures):
+    # the first 160 items were curated before (their representatives are settled); 80 arrive
+    m = Matcher()
+    prepared = m.prepare(structures)
+    old = m.dedup(prepared[:160])
+    settled = np.zeros(len(prepared), dtype=bool)
+    settled[:160] = old < 0
+    full = Matcher().dedup(prepared)
+    fast = Matcher()
+    assert np.array_equal(fast.dedup(prepared, settled=settled), full)
+    assert (full[160:] >= 0).sum() >= 5  # the new items do duplicate earlier ones
+    slow = Matcher()
+    slow.dedup(prepared)
+    assert fast.stats.pairs_in_buckets < slow.stats.pairs_in_buckets
+    with pytest.raises(Exception, match="settled"):
+        Matcher().dedup(prepared, settled=settled[:10])

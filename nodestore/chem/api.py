@@ -83,7 +83,7 @@ def _one_row_per_frame(table, rows=None) -> np.ndarray:
 
 
 def classify_table(table, reference_atoms: Sequence | None = None, params: dict | None = None, rows=None,
-                   cache=None, keep_spacegroups: bool = False):
+                   cache=None, keep_spacegroups: bool = False, settled=None):
     """Curate entries: dedup, novelty class, fingerprint, space group, chemical validity.
 
     One structure per frame id is considered (``rows`` restricts them).  They
@@ -102,6 +102,8 @@ def classify_table(table, reference_atoms: Sequence | None = None, params: dict 
     classifies its node every iteration reduces each entry once.  ``keep_spacegroups`` keeps the
     space group of rows that have one (the loop's curation; the ``classify`` verb recomputes).
     Chemical validity depends on the composition only and is computed once per formula.
+    ``settled`` (a boolean per table row): rows known to be distinct entries already (the node's
+    entries before an iteration); see ``Matcher.dedup``.
 
     Returns ``(keys, columns)``: row keys (every method's row of each frame)
     and a dict of mutable column values, ready for ``table.annotate(keys, columns)``.
@@ -138,7 +140,7 @@ def classify_table(table, reference_atoms: Sequence | None = None, params: dict 
         prepared = PreparedCache(cache).prepare(matcher, frame_ids, structures)
     else:
         prepared = matcher.prepare(structures(all_pos))
-    rep = matcher.dedup(prepared)
+    rep = matcher.dedup(prepared, settled=None if settled is None else np.asarray(settled, dtype=bool)[ordered])
 
     origin = table.column("origin")
     if reference_atoms is None:

@@ -339,17 +339,29 @@ class Matcher:
 
     # -- public ------------------------------------------------------------
     def dedup(self, structures: Sequence, against: str = "representatives",
-              anonymous: bool = False) -> np.ndarray:
+              anonymous: bool = False, settled=None) -> np.ndarray:
         """For each item, -1 if it is new against the items before it, else the index of
         the first earlier item it matches (an earlier representative by default, any
-        earlier item with ``against="all"``)."""
+        earlier item with ``against="all"``).
+
+        ``settled`` (a boolean per item, representatives only): items already known to match
+        none of each other, such as a node's entries from its last curation.  A settled item
+        is then compared only with the earlier items that are not settled, so adding a few
+        items to a large curated set costs time linear in the set, not quadratic; the verdicts
+        are those of the full run whenever the settled items indeed match none of each other.
+        """
         if against not in ("representatives", "all"):
             raise ValidationError(f"against must be 'representatives' or 'all', not {against!r}")
         preps = self.prepare(structures)
+        settled = np.zeros(len(preps), dtype=bool) if settled is None else np.asarray(settled, dtype=bool)
+        if len(settled) != len(preps) or (settled.any() and against != "representatives"):
+            raise ValidationError("settled needs one flag per item, and against='representatives'")
         result = np.full(len(preps), -1, dtype=np.int64)
-        buckets: dict = defaultdict(_Bucket)
+        buckets: dict = defaultdict(_Bucket)  # every representative so far
+        fresh: dict = defaultdict(_Bucket)  # the representatives so far that are not settled
         for j, p in enumerate(preps):
-            bucket = buckets[self._key(p, anonymous)]
+            key = self._key(p, anonymous)
+            bucket = (fresh if settled[j] else buckets)[key]
             if bucket.members:
                 for pos in self._candidates(bucket, p):
                     i = bucket.members[pos]
@@ -357,7 +369,9 @@ class Matcher:
                         result[j] = i
                         break
             if result[j] < 0 or against == "all":
-                bucket.add(j, p)
+                buckets[key].add(j, p)
+                if not settled[j]:
+                    fresh[key].add(j, p)
         return result
 
     def match(self, candidates: Sequence, references: Sequence, anonymous: bool = False) -> np.ndarray:

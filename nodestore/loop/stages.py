@@ -578,8 +578,12 @@ def curate(node, k: int) -> dict:
     cand = entry_candidates(scratch)
     ids = scratch.column("frame_id")
     cand = np.array([r for r in cand if not (is_ff[r] and ids[r] in labelled_parents)], dtype=np.int64)
+    # the node's entries were curated against each other before: only this iteration's frames
+    # need comparing with all of them (linear in the node, not quadratic)
+    settled = np.zeros(len(scratch), dtype=bool)
+    settled[:n_base] = table.column("is_entry")
     ckeys, ccols = chem.classify_table(scratch, params=_match_params(node), rows=cand, cache=prepared_cache(node),
-                                       keep_spacegroups=True)
+                                       keep_spacegroups=True, settled=settled)
     scratch.annotate(ckeys, ccols)
     thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
     with tempfile.TemporaryDirectory(prefix="nodestore-curate-") as tmp:
