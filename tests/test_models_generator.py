@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nodestore.errors import ValidationError
 from nodestore.models.generator import Generator, PyxtalGenerator, SubstitutionGenerator, min_distance_ok
 from nodestore.schemas_util import validate
 
@@ -90,3 +91,91 @@ def test_random_generator_is_valid_deterministic_and_learns(tmp_path):
     assert new.probabilities("composition")["Li2S"] > gen.probabilities("composition")["Li2S"]
     new.save(tmp_path / "g")
     assert type(Generator.load(tmp_path / "g")) is RandomGenerator
+
+
+def test_motif_generator_builds_crystals_from_thiophosphate_units(tmp_path):
+    from collections import Counter
+
+    from nodestore.chem.motifs import clusters
+    from nodestore.models import registry
+    from nodestore.models.generator import MotifGenerator, motif_compositions, unit_decompositions
+
+    comps = motif_compositions(24)
+    # P(+5) ortho-, pyro- and meta-thiophosphates, P(+4) hypodiphosphate, sulfide-rich phases
+    assert {"Li3PS4", "Li4P2S7", "Li7P3S11", "Li7PS6", "Li2PS3", "Li2S"} <= set(comps)
+    assert {"PS4": 1, "P2S7": 1} in unit_decompositions({"Li": 7, "P": 3, "S": 11})
+    assert unit_decompositions({"Li": 4, "P": 2, "S": 6}) == [{"P2S6": 1}]
+    assert unit_decompositions({"Li": 6, "P": 1, "S": 5, "Cl": 1}) == [{"PS4": 1, "S": 1, "Cl": 1}]
+    assert unit_decompositions({"Li": 2, "P": 1, "S": 4}) == []  # not charge balanced
+    with pytest.raises(ValidationError, match="cannot be built"):
+        MotifGenerator(compositions=["Li2PS4"])
+
+    gen = registry.create("generator", "motif", max_atoms=24, seed=2)
+    out = gen.sample(24)
+    assert len(out) == 24 and len({a.info["composition"] for a in out}) > 5
+    for a in out:
+        assert len(a) <= 24 and a.info["generator"] == "motif" and a.info["spacegroup"] == 1
+        # the census finds exactly the units that were placed: none fused with another or its image
+        want = Counter()
+        for part in a.info["units"].split(","):
+            name, k = part.split(":")
+            want[{"P2S6e": "P2S6 (edge-sharing)", "P2S6": "P2S6 (P-P bonded)",
+                  "P2S7": "P2S7 (corner-sharing)"}.get(name, name)] += int(k)
+        got = Counter(c.label for c in clusters(a))
+        assert got == want, (a.info, got)
+    # Li3PS4 is mostly built as isolated PS4 (the simplest decomposition), sometimes as
+    # P2S7 + S (Li6P2S8, odds 1/4 per extra kind of unit)
+    li3ps4 = gen.sample(12, compositions=["Li3PS4"])
+    only_ps4 = [a for a in li3ps4 if {c.label for c in clusters(a)} == {"PS4"}]
+    assert len(only_ps4) >= 6 and all(a.info["units"].startswith("PS4:") for a in only_ps4)
+    again = MotifGenerator(max_atoms=24, seed=2).sample(24)
+    np.testing.assert_array_equal(out[5].positions, again[5].positions)
+    gen.save(tmp_path / "m")
+    back = Generator.load(tmp_path / "m")
+    assert type(back) is MotifGenerator and back.unit_separation == gen.unit_separation
+
+
+def test_aflow_library_substitutions_honour_exclusions_and_reseed():
+    from nodestore.models.generator import aflow_prototypes
+
+    lib = aflow_prototypes(max_elements=3, max_sites=16)
+    labels = {p.properties["aflow"] for p in lib}
+    enargite = "AB3C4_oP16_31_a_ab_2ab"  # Cu3AsS4, the structure type of gamma-Li3PS4
+    assert enargite in labels and all(len(p) <= 16 for p in lib)
+    gen = SubstitutionGenerator(library="aflow", max_sites=16, threshold=1e-7, seed=1)
+    out = gen.sample(60)
+    assert out and all(set(a.get_chemical_symbols()) <= {"Li", "P", "S"} for a in out)
+    assert any(gen.prototypes[a.info["prototype_index"]].properties["aflow"] == enargite for a in out)
+    held = SubstitutionGenerator(library="aflow", max_sites=16, threshold=1e-7, seed=1, exclude=[enargite])
+    assert enargite not in {p.properties["aflow"] for p in held.prototypes}
+    assert len(held.prototypes) == len(gen.prototypes) - 1
+    # draws are weighted by probability without replacement, and a new salt draws another order
+    first = [a.info["prototype_index"] for a in gen.sample(5)]
+    gen.reseed(7)
+    assert [a.info["prototype_index"] for a in gen.sample(5)] != first or len(gen.candidates()) <= 5
+
+
+def test_mixture_splits_by_share_learns_and_round_trips(tmp_path):
+    from nodestore.models import registry
+    from nodestore.models.generator import MixtureGenerator
+
+    cfg = {"backend": "mixture", "members": [{"backend": "motif", "share": 2, "max_atoms": 16},
+                                             {"backend": "random", "share": 1, "max_atoms": 16,
+                                              "compositions": ["Li3PS4", "Li2S"]}]}
+    gen = registry.from_config("generator", cfg)
+    assert gen.counts(10) == [7, 3] and gen.counts(3) == [2, 1]
+    out = gen.sample(9)
+    assert [a.info["generator"] for a in out].count("motif") == 6 and len(out) == 9
+    gen.reseed(1)
+    again = gen.sample(9)
+    assert not np.allclose(again[0].positions[:3], out[0].positions[:3])
+    new = gen.update([{"composition": "Li2S", "z": 1, "spacegroup": 1, "reward": 1.0}] * 4
+                     + [{"composition": "Li3PS4", "z": 1, "spacegroup": 1, "reward": 0.0}] * 4)
+    for member in new.members:
+        assert member.probabilities("composition")["Li2S"] > member.probabilities("composition")["Li3PS4"]
+    new.save(tmp_path / "mix")
+    back = Generator.load(tmp_path / "mix")
+    assert type(back) is MixtureGenerator and back.counts(10) == [7, 3]
+    assert back.members[1].probabilities("composition") == pytest.approx(new.members[1].probabilities("composition"))
+    with pytest.raises(ValidationError, match="needs members"):
+        MixtureGenerator(members=[])

@@ -117,19 +117,42 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
     return out
 
 
-def _ff_references(node, ff, method: str, fmax: float, steps: int) -> list[tuple]:
-    """This force field's energies of the reference phases (relaxed primitive cells), cached per model."""
-    import json
-
+def node_references(node, table) -> list:
+    """The node's reference phases: its frames of origin ``reference`` labelled by the node's
+    reference method (one per structure, as ``label_references`` or a bench that holds some
+    phases out put them there), or the shipped phases of its system when it has none labelled.
+    The force-field hull of the screen, novelty in curate and classify all use this one list."""
     from nodestore.chem.hull import reference_structures
 
-    import hashlib
+    if len(table):
+        method = node.config["reference_method"]
+        rows = np.nonzero((table.column("origin") == "reference") & (table.column("method") == method)
+                          & np.isfinite(table.column("energy")))[0]
+        if len(rows):
+            _, first = np.unique(table.column("frame_id")[rows].astype(str), return_index=True)
+            images = table.to_atoms(rows[np.sort(first)])
+            for a in images:
+                a.calc = None
+                a.info = {"name": a.info.get("source") or a.get_chemical_formula("metal"), "origin": "reference",
+                          "source": a.info.get("source", "")}
+            return images
+    return reference_structures(node.system)
 
-    refs = hashlib.sha256(json.dumps(ff.references.to_json(), sort_keys=True).encode()).hexdigest()[:10]
+
+def _ff_references(node, ff, method: str, fmax: float, steps: int) -> list[tuple]:
+    """This force field's energies of the node's reference phases (relaxed primitive cells),
+    cached per model and per set of reference phases."""
+    import hashlib
+    import json
+
+    phases = node_references(node, node.table)
+    key = {"references": ff.references.to_json(),
+           "phases": sorted(f"{a.get_chemical_formula('metal')}:{len(a)}:{a.get_volume():.3f}" for a in phases)}
+    refs = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     cache = node.state_dir / "ff-references" / f"{method.replace('/', '_')}-r{refs}-f{fmax:g}-s{steps}.json"
     if cache.exists():
         return [(d["formula"], d["energy"], method) for d in json.loads(cache.read_text())]
-    refs = [primitive(a) for a in reference_structures(node.system)]
+    refs = [primitive(a) for a in phases]
     res = ff.relax(refs, fmax=fmax, steps=steps)
     items = [{"formula": r["atoms"].get_chemical_formula("metal"), "energy": float(r["energy"])} for r in res]
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +210,7 @@ def classify_node(node, message: str | None = None, all_rows: bool = False) -> d
             classified = None
         else:
             # entries are decided among all candidates at once: dedup needs the whole set
-            keys, cols = classify_table(table, params=_match(node), rows=rows,
+            keys, cols = classify_table(table, reference_atoms=node_references(node, table), params=_match(node), rows=rows,
                                         cache=node.state_dir / "cache" / "prepared")
             tx.annotate(keys, cols)
             counts = {c: int(np.sum(np.asarray(cols["novelty"]) == c)) for c in ("duplicate", "substitution", "novel")}

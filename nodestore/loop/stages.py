@@ -162,8 +162,7 @@ def load_generator(node, models_dir: Path | None):
     if ckpt is not None and (ckpt / "meta.json").exists():
         return Generator.load(ckpt)
     cfg = section(node.params, "generator")
-    if cfg.get("backend", "pyxtal") == "pyxtal":
-        cfg.setdefault("elements", node.system)
+    cfg.setdefault("elements", node.system)
     return from_config("generator", cfg)
 
 
@@ -191,6 +190,7 @@ def generate(node, k: int) -> dict:
     prev = iter_dir(node, item["prev"])
     p = section(node.params, "generate")
     gen = load_generator(node, prev / "models")
+    gen.reseed(k)  # a checkpoint that learned nothing new must not propose last iteration's candidates
     n = int(p.get("n", 24))
     conditions = {"max_atoms": int(p.get("max_atoms", 24))}
     if "target_e_hull" in p:
@@ -211,7 +211,7 @@ def generate(node, k: int) -> dict:
 
 def screen(node, k: int) -> dict:
     """Relax the candidates with force field(k-1); drop duplicates; E_hull on the force-field hull."""
-    from nodestore.chem.hull import compute_hull, reference_structures
+    from nodestore.chem.hull import compute_hull
     from nodestore.chem.matcher import Matcher
     from nodestore.frames import FrameBatch
 
@@ -245,7 +245,9 @@ def screen(node, k: int) -> dict:
     # in their primitive cells: the same energy per atom (alpha-S: 32 atoms instead of 128)
     from .actions import primitive
 
-    refs = [primitive(a) for a in reference_structures(node.system)]
+    from .actions import node_references
+
+    refs = [primitive(a) for a in node_references(node, table)]
     both = ff.relax(images + refs, **relax)
     relaxed, ref_relaxed = both[:len(images)], both[len(images):]
     out_images = []
@@ -351,7 +353,8 @@ def select(node, k: int) -> dict:
 def choose(origin, e_hull, n_atoms, formula, spg, p: dict, novelty) -> tuple[list[int], dict[int, str]]:
     """Rows of the screened table to label, with the reason for each.
 
-    Among the relaxed candidates with a finite E_hull and at most ``max_atoms`` atoms:
+    Among the relaxed candidates with a finite E_hull of at most ``max_e_hull`` (0.5 eV/atom; null:
+    no cap) and at most ``max_atoms`` atoms:
     the ``n_lowest`` lowest E_hull; the ``n_diverse`` next lowest whose (formula, space group) is
     not chosen yet; and the ``n_uncertain`` of highest ``novelty(rows)`` among the rest that the
     screen puts at most ``uncertain_max_e_hull`` above the hull (among all the rest when none is).
@@ -361,6 +364,10 @@ def choose(origin, e_hull, n_atoms, formula, spg, p: dict, novelty) -> tuple[lis
     # structures stopped by a relaxation guard have no E_hull: never spend a label on them
     rows = np.nonzero((origin == "relaxed") & np.isfinite(e_hull))[0]
     rows = rows[n_atoms[rows] <= int(p.get("max_atoms", 32))]
+    # a label on a structure far above the hull is spent where no stability call can change
+    cap = p.get("max_e_hull", 0.5)
+    if cap is not None:
+        rows = rows[e_hull[rows] <= float(cap)]
     chosen: list[int] = []
     reasons: dict[int, str] = {}
     order = rows[np.argsort(e_hull[rows], kind="stable")]
@@ -582,7 +589,10 @@ def curate(node, k: int) -> dict:
     # need comparing with all of them (linear in the node, not quadratic)
     settled = np.zeros(len(scratch), dtype=bool)
     settled[:n_base] = table.column("is_entry")
-    ckeys, ccols = chem.classify_table(scratch, params=_match_params(node), rows=cand, cache=prepared_cache(node),
+    from .actions import node_references
+
+    ckeys, ccols = chem.classify_table(scratch, reference_atoms=node_references(node, scratch),
+                                       params=_match_params(node), rows=cand, cache=prepared_cache(node),
                                        keep_spacegroups=True, settled=settled)
     scratch.annotate(ckeys, ccols)
     thr = float(section(node.params, "curate").get("stable_threshold", 0.1))

@@ -57,6 +57,11 @@ class Generator(abc.ABC):
     def from_state(cls, state: dict) -> "Generator":
         """Rebuild from ``state()``."""
 
+    def reseed(self, salt) -> None:
+        """Draw a fresh, reproducible random stream for ``salt`` (the loop passes the iteration),
+        so that a generator loaded from the same checkpoint does not propose the same candidates
+        twice.  Deterministic generators ignore it."""
+
     def update(self, outcomes: Sequence[dict]) -> "Generator":
         """A new generator that learned from ``outcomes``; self is unchanged."""
         outcomes = [dict(o) for o in outcomes]
@@ -205,6 +210,9 @@ class PyxtalGenerator(Generator):
         self._rng = random.Random(seed)
         self._draws = 0
 
+    def reseed(self, salt) -> None:
+        self._rng = random.Random(f"{self.seed}:{salt}")
+
     def probabilities(self, table: str) -> dict:
         w = self.weights[table]
         total = sum(w.values())
@@ -246,7 +254,7 @@ class PyxtalGenerator(Generator):
             if atoms is None:
                 continue
             atoms = _scale_into(atoms, self.volume_bounds(counts))
-            if len(atoms) > max_atoms or not min_distance_ok(atoms, self.min_distance):
+            if len(atoms) > max_atoms or not self._distances_ok(atoms):
                 continue
             atoms.info.update({"generator": self.backend, "composition": comp, "z": z, "spacegroup": sg,
                                "generator_checkpoint": self.hash or ""})
@@ -254,6 +262,9 @@ class PyxtalGenerator(Generator):
                 atoms.info["target_e_hull"] = float(conditions["target_e_hull"])
             out.append(atoms)
         return out
+
+    def _distances_ok(self, atoms) -> bool:
+        return min_distance_ok(atoms, self.min_distance)
 
     def _crystal(self, species: list[str], numbers: list[int], spacegroup: int):
         """A random crystal of ``numbers`` atoms of ``species`` in ``spacegroup`` (None: none fits)."""
@@ -383,6 +394,237 @@ class RandomGenerator(PyxtalGenerator):
         return atoms
 
 
+# ---------------------------------------------------------------------- motifs
+#: bond lengths (A) of the thiophosphate units, from their crystal structures: terminal P-S
+#: 2.03, bridging P-S 2.11, P-P in the hypodiphosphate P2S6(4-) 2.22
+_P_S, _P_SB, _P_P = 2.03, 2.11, 2.22
+_TET = math.acos(-1 / 3)  # the tetrahedral angle
+
+
+def _perpendiculars(u):
+    u = u / np.linalg.norm(u)
+    a = np.array([1.0, 0, 0]) if abs(u[0]) < 0.9 else np.array([0, 1.0, 0])
+    v = np.cross(u, a)
+    v /= np.linalg.norm(v)
+    return u, v, np.cross(u, v)
+
+
+def _umbrella(u, length, phase=0.0, n=3):
+    """``n`` bonds at the tetrahedral angle from ``u`` (the direction of the fourth bond)."""
+    u, v, w = _perpendiculars(np.asarray(u, float))
+    out = []
+    for k in range(n):
+        phi = phase + 2 * math.pi * k / n
+        d = math.cos(_TET) * u + math.sin(_TET) * (math.cos(phi) * v + math.sin(phi) * w)
+        out.append(length * d)
+    return out
+
+
+def _unit_ps4():
+    d = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float) / math.sqrt(3)
+    return ["P"] + ["S"] * 4, np.vstack([[0, 0, 0], _P_S * d])
+
+
+def _unit_p2s7():
+    """Two PS4 tetrahedra sharing a corner (pyrothiophosphate), P-S-P 112 degrees."""
+    half = math.radians(112) / 2
+    p1 = _P_SB * np.array([math.sin(half), math.cos(half), 0])
+    p2 = _P_SB * np.array([-math.sin(half), math.cos(half), 0])
+    pos = [np.zeros(3), p1, p2]
+    for p in (p1, p2):
+        pos += [p + b for b in _umbrella(-p, _P_S)]
+    return ["S", "P", "P"] + ["S"] * 6, np.vstack(pos)
+
+
+def _unit_p2s6_pp():
+    """The hypodiphosphate anion P2S6(4-): a P-P bond, three S on each P, staggered."""
+    u = np.array([0, 0, 1.0])
+    p1, p2 = -u * _P_P / 2, u * _P_P / 2
+    pos = [p1, p2] + [p1 + b for b in _umbrella(u, _P_S)] + [p2 + b for b in _umbrella(-u, _P_S, math.pi / 3)]
+    return ["P", "P"] + ["S"] * 6, np.vstack(pos)
+
+
+def _unit_p2s6_edge():
+    """Two PS4 tetrahedra sharing an edge, P2S6(2-) (P-P 2.9 A across the shared S2 edge)."""
+    d = 1.45
+    h = math.sqrt(_P_SB ** 2 - d ** 2)
+    pos = [np.array([-d, 0, 0]), np.array([d, 0, 0]), np.array([0, h, 0]), np.array([0, -h, 0])]
+    a = math.radians(54.7)
+    for sgn, p in ((-1, pos[0]), (1, pos[1])):
+        pos += [p + _P_S * np.array([sgn * math.cos(a), 0, z * math.sin(a)]) for z in (1, -1)]
+    return ["P", "P", "S", "S"] + ["S"] * 4, np.vstack(pos)
+
+
+#: the rigid anionic units of thiophosphates: name -> (builder, charge, counts)
+UNITS = {
+    "PS4": (_unit_ps4, -3, {"P": 1, "S": 4}),  # orthothiophosphate, P(+5)
+    "P2S7": (_unit_p2s7, -4, {"P": 2, "S": 7}),  # pyrothiophosphate, P(+5)
+    "P2S6": (_unit_p2s6_pp, -4, {"P": 2, "S": 6}),  # hypodiphosphate, P(+4), P-P bond
+    "P2S6e": (_unit_p2s6_edge, -2, {"P": 2, "S": 6}),  # edge-sharing meta-thiophosphate, P(+5)
+    "S": (None, -2, {"S": 1}),  # sulfide
+}
+
+
+#: single-atom anions beside the thiophosphate units (the Li-P-S-X argyrodites)
+HALIDES = ("F", "Cl", "Br", "I")
+
+
+def unit_decompositions(counts: dict) -> list[dict]:
+    """Every way to write ``counts`` (Li, P, S and halides) as Li(+) cations plus whole anionic
+    units of :data:`UNITS` and halide anions, charge balanced: a list of ``{unit: number}``."""
+    counts = {el: int(n) for el, n in counts.items() if n}
+    if set(counts) - {"Li", "P", "S", *HALIDES}:
+        return []
+    halides = {el: n for el, n in counts.items() if el in HALIDES}
+    a = counts.get("Li", 0) - sum(halides.values())
+    b, c = counts.get("P", 0), counts.get("S", 0)
+    if a < 0:
+        return []
+    out = []
+    for n2 in range(b // 2 + 1):
+        for n3 in range(b // 2 + 1 - n2):
+            for n5 in range(b // 2 + 1 - n2 - n3):
+                n1 = b - 2 * (n2 + n3 + n5)
+                n4 = c - 4 * n1 - 7 * n2 - 6 * n3 - 6 * n5
+                if n1 < 0 or n4 < 0:
+                    continue
+                if 3 * n1 + 4 * n2 + 4 * n3 + 2 * n4 + 2 * n5 != a:
+                    continue
+                d = {"PS4": n1, "P2S7": n2, "P2S6": n3, "P2S6e": n5, "S": n4, **halides}
+                out.append({k: v for k, v in d.items() if v})
+    return out
+
+
+def motif_compositions(max_atoms: int = 24, max_units: int = 4, halides: Sequence[str] = ()) -> list[str]:
+    """Reduced Li-P-S formulas that :func:`unit_decompositions` can build from at most
+    ``max_units`` anionic units and at most ``max_atoms`` atoms (one formula unit): the
+    thiophosphates with P in +5 (PS4, P2S7, edge-sharing P2S6) and +4 (P2S6 with a P-P bond),
+    mixed with sulfide anions (Li7PS6 = Li7(PS4)S2, Li7P3S11 = Li7(PS4)(P2S7), ...), and Li2S."""
+    units = {**UNITS, **{x: (None, -1, {x: 1}) for x in halides}}
+    names = list(units)
+    out = set()
+    for combo in itertools.product(range(max_units + 1), repeat=len(names)):
+        if not 0 < sum(combo) <= max_units:
+            continue
+        counts = {"Li": 0, "P": 0, "S": 0, **{x: 0 for x in halides}}
+        for name, k in zip(names, combo):
+            _, charge, el = units[name]
+            counts["Li"] -= charge * k
+            for e, m in el.items():
+                counts[e] += m * k
+        if sum(counts.values()) <= max_atoms:
+            out.add(_formula(_reduce(counts)))
+    return sorted(out)
+
+
+class MotifGenerator(PyxtalGenerator):
+    """Crystals built from the polyanions thiophosphates are made of, AIRSS-style.
+
+    A composition is written as Li cations plus rigid anionic units (:data:`UNITS`: PS4
+    tetrahedra, corner-sharing P2S7, P2S6 with a P-P bond, edge-sharing P2S6, S(2-); one of its
+    charge-balanced decompositions drawn at random, each extra kind of unit quartering the odds).  The units are placed with random
+    orientations at random points of a random cell in the composition's volume window, largest
+    first, then the Li cations (the window is looser than ``pyxtal``'s, 23-40 A^3/atom for Li3PS4
+    against its 24.5, because random sequential placement jams well below a crystal's packing; the
+    relaxation compresses): an atom of a unit at least ``unit_separation`` (3.0 A, below
+    the closest S...S contact between thiophosphate anions) from the atoms of every other unit
+    and from its own periodic images, a Li at least ``min_distance`` (2.2 A) from everything;
+    the relaxation then finds the packing.  Compositions, formula units and their
+    learned weights are those of ``pyxtal`` (``update`` moves them the same way); the default
+    compositions are :func:`motif_compositions`.  Every candidate is space group 1 and records
+    its units in ``info["units"]``.  Random search seeded with the right building blocks finds
+    molecular-anion crystals that uniform random atoms rarely do (Pickard & Needs 2011).
+    """
+
+    backend = "motif"
+
+    def __init__(self, elements: Sequence[str] = ("Li", "P", "S"), compositions: Sequence[str] | None = None,
+                 **kwargs):
+        kwargs.setdefault("spacegroups", [1])
+        kwargs.setdefault("min_distance", 2.2)
+        kwargs.setdefault("volume_window", [2.8, 1.6])
+        self.unit_separation = float(kwargs.pop("unit_separation", 3.0))
+        if not compositions:
+            compositions = motif_compositions(int(kwargs.get("max_atoms", 40)),
+                                              halides=[e for e in elements if e in HALIDES])
+        super().__init__(elements, compositions, **kwargs)
+        bad = [c for c in self.compositions
+               if not any(unit_decompositions({e: n * z for e, n in _parse(c).items()}) for z in self.z_values)]
+        if bad:
+            raise ValidationError(f"compositions {bad} cannot be built from Li, thiophosphate units and "
+                                  f"halide anions in {self.z_values} formula units")
+
+    def _crystal(self, species, numbers, spacegroup):
+        from ase import Atoms
+        from ase.geometry import cellpar_to_cell
+        from scipy.spatial.transform import Rotation
+
+        rng = np.random.default_rng(self._rng.randrange(2**63))
+        counts = dict(zip(species, numbers))
+        options = unit_decompositions(counts)
+        if not options:
+            return None
+        # the simpler decompositions first: each extra kind of unit quarters the odds
+        odds = np.array([0.25 ** (len([u for u in d if u in UNITS]) - 1) for d in options])
+        units = options[int(rng.choice(len(options), p=odds / odds.sum()))]
+        lo, hi = self.volume_bounds(counts)
+        n_atoms = sum(numbers)
+        volume = rng.uniform(lo, hi) * n_atoms
+        lengths = rng.uniform(1.0, 1.5, 3)
+        angles = rng.uniform(60.0, 120.0, 3)
+        cell = cellpar_to_cell(np.concatenate([lengths, angles]))
+        vol = abs(np.linalg.det(cell))
+        if vol < 0.2 * np.prod(lengths):
+            return None
+        cell *= (volume / vol) ** (1 / 3)
+        inv = np.linalg.inv(cell)
+        symbols: list[str] = []
+        frac = np.zeros((0, 3))
+        cation = np.zeros(0, dtype=bool)
+        shifts = np.array([s for s in itertools.product((-1, 0, 1), repeat=3) if any(s)], float) @ cell
+        order = sorted(units, key=lambda u: -sum(UNITS[u][2].values()) if u in UNITS else -1)
+        pieces = [u for u in order for _ in range(units[u])] + ["Li"] * int(counts.get("Li", 0))
+        for piece in pieces:
+            build = UNITS[piece][0] if piece in UNITS else None
+            syms, local = build() if build else ([piece], np.zeros((1, 3)))
+            is_li = piece == "Li"
+            for _attempt in range(self.max_attempts * 5):
+                rot = Rotation.random(random_state=rng.integers(2**32)).as_matrix()
+                centre = rng.random(3) @ cell
+                cart = (local @ rot.T) + centre
+                # the unit apart from its own periodic images
+                own = (cart[:, None, None, :] + shifts[None, None, :, :]) - cart[None, :, None, :]
+                if np.min(np.linalg.norm(own, axis=3)) < (self.min_distance if is_li else self.unit_separation):
+                    continue
+                f = cart @ inv
+                if len(frac):
+                    d = f[:, None, :] - frac[None, :, :]
+                    d -= np.round(d)
+                    dist = np.linalg.norm(d @ cell, axis=2)
+                    need = np.where(cation[None, :] | is_li, self.min_distance, self.unit_separation)
+                    if np.any(dist < need):
+                        continue
+                break
+            else:
+                return None
+            symbols += syms
+            frac = np.vstack([frac, f % 1.0])
+            cation = np.concatenate([cation, np.full(len(syms), is_li)])
+        atoms = Atoms(symbols, scaled_positions=frac, cell=cell, pbc=True)
+        atoms.info["units"] = ",".join(f"{u}:{units[u]}" for u in order)
+        return atoms
+
+    def _distances_ok(self, atoms) -> bool:
+        # the units' own bonds (P-S 2.03 A) are shorter than the separations between pieces
+        return min_distance_ok(atoms, min(self.min_distance, 0.95 * _P_S))
+
+    def state(self):
+        return {**super().state(), "unit_separation": self.unit_separation}
+
+    def _config(self):
+        return {**super()._config(), "unit_separation": self.unit_separation}
+
+
 # ---------------------------------------------------------------------- substitution
 class SubstitutionGenerator(Generator):
     """Candidates from prototypes by chemically likely element substitutions.
@@ -400,11 +642,20 @@ class SubstitutionGenerator(Generator):
 
     def __init__(self, prototypes: Sequence = (), elements: Sequence[str] = ("Li", "P", "S"),
                  threshold: float = 1e-3, min_distance: float = 1.4, lr: float = 1.0,
-                 pair_weights: dict | None = None, scale_volume: bool = True):
+                 pair_weights: dict | None = None, scale_volume: bool = True, library: str | None = None,
+                 exclude: Sequence[str] = (), max_sites: int = 24, seed: int = 0):
         super().__init__()
         from pymatgen.core import Structure
 
         self.elements = list(elements)
+        self.library, self.exclude, self.max_sites = library, sorted(set(exclude)), int(max_sites)
+        self.seed = int(seed)
+        self._rng = random.Random(self.seed)
+        if library not in (None, "aflow"):
+            raise ValidationError(f"unknown prototype library {library!r} (aflow)")
+        if library == "aflow" and not prototypes:
+            prototypes = aflow_prototypes(max_elements=len(self.elements), max_sites=self.max_sites,
+                                          exclude=self.exclude)
         self.prototypes = []
         for p in prototypes:
             if isinstance(p, dict):
@@ -452,12 +703,24 @@ class SubstitutionGenerator(Generator):
         out.sort(key=lambda c: -c["probability"])
         return out
 
+    def reseed(self, salt) -> None:
+        self._rng = random.Random(f"{self.seed}:{salt}")
+
     def sample(self, n, compositions=None, conditions=None):
+        """Up to ``n`` substitutions, drawn without replacement with odds proportional to their
+        probability (the most probable are the likeliest, the rest stay reachable)."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
         out, seen = [], set()
         allowed = {_formula(_reduce(_parse(c))) for c in compositions} if compositions else None
-        for cand in self.candidates():
+        max_atoms = int((conditions or {}).get("max_atoms", 10**9))
+        cands = self.candidates()
+        # weighted sampling without replacement: the order of u**(1/p) (Efraimidis & Spirakis 2006)
+        keys = [self._rng.random() ** (1.0 / max(c["probability"], 1e-300)) for c in cands]
+        cands = [cands[i] for i in sorted(range(len(cands)), key=lambda i: -keys[i])]
+        for cand in cands:
+            if len(self.prototypes[cand["prototype"]]) > max_atoms:
+                continue
             if len(out) >= n:
                 break
             s = self._proto_species(self.prototypes[cand["prototype"]])
@@ -494,7 +757,8 @@ class SubstitutionGenerator(Generator):
     def state(self):
         return {"prototypes": [p.as_dict() for p in self.prototypes], "elements": self.elements,
                 "threshold": self.threshold, "min_distance": self.min_distance, "lr": self.lr,
-                "pair_weights": self.pair_weights, "scale_volume": self.scale_volume}
+                "pair_weights": self.pair_weights, "scale_volume": self.scale_volume, "library": self.library,
+                "exclude": self.exclude, "max_sites": self.max_sites, "seed": self.seed}
 
     @classmethod
     def from_state(cls, state):
@@ -502,6 +766,104 @@ class SubstitutionGenerator(Generator):
 
     def _config(self):
         return {"elements": self.elements, "n_prototypes": len(self.prototypes), "threshold": self.threshold}
+
+
+# ---------------------------------------------------------------------- mixture
+class MixtureGenerator(Generator):
+    """Several generators as one: each proposes its ``share`` of every batch.
+
+    ``members`` is a list of generator configs, ``{"backend": NAME, "share": w, ...}`` (the
+    rest are the backend's own settings, ``elements`` passed down), for example motif-built
+    thiophosphates, AFLOW prototype substitutions and symmetric pyxtal crystals side by side.
+    ``update`` gives every member the outcomes (each learns what it can read from them: the
+    composition tables, the substitution pairs), and the checkpoint holds every member's state.
+    """
+
+    backend = "mixture"
+
+    def __init__(self, members: Sequence[dict] = (), elements: Sequence[str] = ("Li", "P", "S"), seed: int = 0,
+                 _states: Sequence[dict] | None = None):
+        super().__init__()
+        from nodestore.models.registry import registry
+
+        if not members:
+            raise ValidationError("a mixture generator needs members: [{backend: NAME, share: w, ...}, ...]")
+        self.elements, self.seed = list(elements), int(seed)
+        self.members_config = [dict(m) for m in members]
+        self.shares, self.members = [], []
+        for i, m in enumerate(self.members_config):
+            cfg = dict(m)
+            name = cfg.pop("backend", None)
+            share = float(cfg.pop("share", 1.0))
+            if not name or name == "mixture" or share < 0:
+                raise ValidationError(f"mixture member {i}: needs a backend other than mixture and a share >= 0")
+            cls = registry(KIND).get(name)
+            if _states is not None:
+                gen = cls.from_state(_states[i])
+            else:
+                cfg.setdefault("elements", self.elements)
+                cfg.setdefault("seed", self.seed + i)
+                try:
+                    gen = cls(**cfg)
+                except TypeError as exc:
+                    raise ValidationError(f"mixture member {i} ({name}): {exc}") from exc
+            self.members.append(gen)
+            self.shares.append(share)
+        if sum(self.shares) <= 0:
+            raise ValidationError("mixture shares sum to zero")
+
+    def counts(self, n: int) -> list[int]:
+        """``n`` split by share (largest remainder)."""
+        w = np.array(self.shares) / sum(self.shares) * n
+        k = np.floor(w).astype(int)
+        for i in np.argsort(-(w - k), kind="stable")[: n - int(k.sum())]:
+            k[i] += 1
+        return k.tolist()
+
+    def reseed(self, salt) -> None:
+        for i, g in enumerate(self.members):
+            g.reseed(f"{salt}:{i}")
+
+    def sample(self, n, compositions=None, conditions=None):
+        out = []
+        for g, k in zip(self.members, self.counts(n)):
+            if k:
+                out.extend(g.sample(k, compositions=compositions, conditions=conditions))
+        return out
+
+    def _learn(self, outcomes):
+        for g in self.members:
+            g._learn([dict(o) for o in outcomes])
+
+    def state(self):
+        return {"members": self.members_config, "elements": self.elements, "seed": self.seed,
+                "_states": [g.state() for g in self.members]}
+
+    @classmethod
+    def from_state(cls, state):
+        return cls(**state)
+
+    def _config(self):
+        return {"members": [{"backend": m.get("backend"), "share": m.get("share", 1.0)} for m in self.members_config]}
+
+
+def aflow_prototypes(max_elements: int = 3, max_sites: int = 24, exclude: Sequence[str] = ()) -> list:
+    """The ordered structures of the AFLOW prototype library as shipped in pymatgen (Mehl et al.
+    2017, 288 prototypes; offline) with at most ``max_elements`` elements and ``max_sites``
+    sites, minus the AFLOW labels in ``exclude``; each carries its label in ``properties``."""
+    from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY
+
+    out = []
+    drop = set(exclude)
+    for entry in AFLOW_PROTOTYPE_LIBRARY:
+        s = entry["snl"].structure
+        label = entry["tags"]["aflow"]
+        if label in drop or not s.is_ordered or len(s) > max_sites or len(s.composition.elements) > max_elements:
+            continue
+        s = s.copy()
+        s.properties = {"aflow": label, "mineral": entry["tags"].get("mineral", "")}
+        out.append(s)
+    return out
 
 
 def _cond_prob(prob, new, old) -> float:

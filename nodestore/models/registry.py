@@ -31,6 +31,8 @@ _BUILTIN = {
         "pyxtal": "nodestore.models.generator:PyxtalGenerator",
         "substitution": "nodestore.models.generator:SubstitutionGenerator",
         "random": "nodestore.models.generator:RandomGenerator",
+        "motif": "nodestore.models.generator:MotifGenerator",
+        "mixture": "nodestore.models.generator:MixtureGenerator",
     },
     "labeller": {
         "gpaw": "nodestore.models.labeller:GpawLabeller",
