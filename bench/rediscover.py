@@ -27,6 +27,7 @@ antifluorite Li2S (the binary, built from a = 5.70 A as the node builds it).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -101,7 +102,13 @@ def matches_any(matcher, structures, holdouts, anonymous=False) -> list[int]:
     return [int(h) for h in matcher.match(structures, [h for _, h in holdouts], anonymous=anonymous)]
 
 
-def build_node(path: Path, holdouts, params: dict, matcher, echo):
+def reference_key(labeller, phases) -> str:
+    return hashlib.sha256(json.dumps({"method": labeller.method_info, "phases": [
+        [a.info["name"], a.get_chemical_formula(), np.round(a.cell.array, 4).tolist(), np.round(a.positions, 4).tolist()]
+        for a in phases]}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_node(path: Path, holdouts, params: dict, matcher, echo, cache: Path):
     """The node without the held-out phases, and what was removed from which source."""
     from ase.io import read, write
 
@@ -153,10 +160,28 @@ def build_node(path: Path, holdouts, params: dict, matcher, echo):
     for a in keep:
         a.info["source"] = a.info.get("name", "reference")
     t = time.perf_counter()
+    # the labels of the reference phases are the same in every run with the same labeller and
+    # phases: kept beside the work directory, keyed by the labeller's settings and the structures
+    lab = from_config("labeller", params["labeller"])
+    cached = cache / f"references-{method}-{reference_key(lab, keep)}.extxyz"
+    if cached.exists():
+        node.import_files([cached], method=method, origin="reference",
+                          message=f"reference phases labelled by {method} (cached from an earlier run)")
+        echo(f"[rediscover] {len(keep)} reference labels reused from {cached}")
+        removed["reference_labels"] = f"cached ({cached.name})"
+        return node, removed
     echo(f"[rediscover] labelling {len(keep)} reference phases with {method} ...")
     r = label_files(node, [], images=keep, origin="reference", message="label the reference phases (held-out ones left out)")
     echo(f"[rediscover] labelled {r.labelled} reference phases in {time.perf_counter() - t:.0f} s, "
          f"{len(r.failures)} failed")
+    removed["reference_labels"] = f"labelled in {time.perf_counter() - t:.0f} s"
+    if not r.failures:
+        table = node.table
+        rows = np.nonzero((table.column("origin") == "reference") & (table.column("method") == method))[0]
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        write(tmp, table.to_atoms(rows), format="extxyz")
+        tmp.replace(cached)
     return node, removed
 
 
@@ -215,6 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--labeller", default=None, help="a labeller backend instead of gpaw (lj: a fast dry run)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "nodestore-rediscover"))
     ap.add_argument("--json", default=None, help="also write the report to this file")
+    ap.add_argument("--cache", default=None,
+                    help="where the reference phases' labels are kept between runs (default: WORKDIR-cache)")
     a = ap.parse_args(argv)
     from nodestore.chem.matcher import Matcher
     from nodestore.loop.iterate import iterate
@@ -233,7 +260,8 @@ def main(argv=None) -> int:
     print(f"[rediscover] holding out {', '.join(f'{n} ({h.get_chemical_formula()})' for n, h in holdouts)}; "
           f"{size['iterations']} iteration(s) of {size['candidates']} candidates and {size['labels']} labels", flush=True)
     t = time.perf_counter()
-    node, removed = build_node(work / "node", holdouts, params, matcher, lambda s: print(s, flush=True))
+    node, removed = build_node(work / "node", holdouts, params, matcher, lambda s: print(s, flush=True),
+                               Path(a.cache) if a.cache else work.parent / (work.name + "-cache"))
     build_seconds = time.perf_counter() - t
     print(f"[rediscover] removed: {json.dumps(removed)} ({build_seconds:.0f} s to build the node)", flush=True)
     matcher = Matcher(**_match_params(node))
