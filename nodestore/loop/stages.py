@@ -243,9 +243,7 @@ def screen(node, k: int) -> dict:
     # the force-field hull: its own energies of the reference phases, relaxed the same way and in
     # the same batched call as the candidates (one model evaluation per step for all of them)
     # in their primitive cells: the same energy per atom (alpha-S: 32 atoms instead of 128)
-    from .actions import primitive
-
-    from .actions import node_references
+    from .actions import node_references, primitive
 
     refs = [primitive(a) for a in node_references(node, table)]
     both = ff.relax(images + refs, **relax)

@@ -342,6 +342,21 @@ def _scale_into(atoms, bounds):
     return atoms
 
 
+def _random_cell(rng, bounds, n_atoms: int):
+    """A random lattice (lengths within a factor 1.5 of each other, angles 60-120 degrees) of a
+    volume per atom drawn in ``bounds``; None for a nearly flat draw."""
+    from ase.geometry import cellpar_to_cell
+
+    volume = rng.uniform(*bounds) * n_atoms
+    lengths = rng.uniform(1.0, 1.5, 3)
+    angles = rng.uniform(60.0, 120.0, 3)
+    cell = cellpar_to_cell(np.concatenate([lengths, angles]))
+    vol = abs(np.linalg.det(cell))
+    if vol < 0.2 * np.prod(lengths):
+        return None
+    return cell * (volume / vol) ** (1 / 3)
+
+
 class RandomGenerator(PyxtalGenerator):
     """Random sensible structures, AIRSS-style (Pickard & Needs 2011): no symmetry.
 
@@ -362,20 +377,13 @@ class RandomGenerator(PyxtalGenerator):
 
     def _crystal(self, species, numbers, spacegroup):
         from ase import Atoms
-        from ase.geometry import cellpar_to_cell
 
         rng = np.random.default_rng(self._rng.randrange(2**63))
         symbols = [el for el, k in zip(species, numbers) for _ in range(k)]
         counts = {el: k for el, k in zip(species, numbers)}
-        lo, hi = self.volume_bounds(counts)
-        volume = rng.uniform(lo, hi) * len(symbols)
-        lengths = rng.uniform(1.0, 1.5, 3)
-        angles = rng.uniform(60.0, 120.0, 3)
-        cell = cellpar_to_cell(np.concatenate([lengths, angles]))
-        vol = abs(np.linalg.det(cell))
-        if vol < 0.2 * np.prod(lengths):  # a nearly flat cell: draw again
+        cell = _random_cell(rng, self.volume_bounds(counts), len(symbols))
+        if cell is None:
             return None
-        cell *= (volume / vol) ** (1 / 3)
         # minimum-image distances in fractional space (cells here are not too skewed for it)
         frac = np.zeros((0, 3))
         for _ in symbols:
@@ -556,7 +564,6 @@ class MotifGenerator(PyxtalGenerator):
 
     def _crystal(self, species, numbers, spacegroup):
         from ase import Atoms
-        from ase.geometry import cellpar_to_cell
         from scipy.spatial.transform import Rotation
 
         rng = np.random.default_rng(self._rng.randrange(2**63))
@@ -567,16 +574,9 @@ class MotifGenerator(PyxtalGenerator):
         # the simpler decompositions first: each extra kind of unit quarters the odds
         odds = np.array([0.25 ** (len([u for u in d if u in UNITS]) - 1) for d in options])
         units = options[int(rng.choice(len(options), p=odds / odds.sum()))]
-        lo, hi = self.volume_bounds(counts)
-        n_atoms = sum(numbers)
-        volume = rng.uniform(lo, hi) * n_atoms
-        lengths = rng.uniform(1.0, 1.5, 3)
-        angles = rng.uniform(60.0, 120.0, 3)
-        cell = cellpar_to_cell(np.concatenate([lengths, angles]))
-        vol = abs(np.linalg.det(cell))
-        if vol < 0.2 * np.prod(lengths):
+        cell = _random_cell(rng, self.volume_bounds(counts), sum(numbers))
+        if cell is None:
             return None
-        cell *= (volume / vol) ** (1 / 3)
         inv = np.linalg.inv(cell)
         symbols: list[str] = []
         frac = np.zeros((0, 3))
