@@ -8,9 +8,11 @@ shows a tqdm progress bar.  ``fn`` and items must pickle for pools and Dask.
 
 A worker that dies (killed, out of memory, its node gone) loses only the items it was running.
 On Dask the scheduler runs them again on another worker (up to its
-``distributed.scheduler.allowed-failures``, 3 by default); an item that still has no result, or
-that a broken local pool never ran, gets ``on_lost(item, exc)`` as its result when the caller gave
-one (the labeller records a failure), else the map raises a BackendError.
+``distributed.scheduler.allowed-failures``, 3 by default); an item still without a result then
+runs once more alone, since the scheduler also blames the items that merely shared the dying
+worker. One that loses its worker alone too, or that a broken local pool never ran, gets
+``on_lost(item, exc)`` as its result when the caller gave one (the labeller records a failure),
+else the map raises a BackendError.
 """
 
 from __future__ import annotations
@@ -165,7 +167,6 @@ class DaskExecutor(Executor):
 
     def map(self, fn, items, progress=True, io_bound=False, on_lost=None):
         from distributed import as_completed
-        from distributed.scheduler import KilledWorker
 
         items = list(items)
         if not items:
@@ -176,21 +177,45 @@ class DaskExecutor(Executor):
             for _ in as_completed(futures):
                 if bar is not None:
                     bar.update(1)
-            out = []
-            for item, f in zip(items, futures):
-                if f.status == "error":
-                    exc = f.exception()
-                    if isinstance(exc, KilledWorker):  # its workers died, past the scheduler's retries
-                        if on_lost is None:
-                            raise BackendError(f"Dask lost the workers of an item: {exc}") from None
-                        out.append(on_lost(item, exc))
-                        continue
-                out.append(f.result())
-            return out
+            out, suspects = [], []
+            for i, f in enumerate(futures):
+                ok, value = self._outcome(f)
+                out.append(value)
+                if not ok:
+                    suspects.append(i)
         finally:
             if bar is not None:
                 bar.close()
             self.client.cancel(futures)
+        # The scheduler blames every task a dying worker held, so an item that only shared a
+        # worker with the one that killed it can run out of retries too. Each such item runs
+        # again alone: only one that still loses its worker is lost.
+        for i in suspects:
+            f = self.client.submit(fn, items[i], pure=False)
+            try:
+                ok, value = self._outcome(f)
+            finally:
+                self.client.cancel([f])
+            if ok:
+                out[i] = value
+            elif on_lost is None:
+                raise BackendError(f"Dask lost the workers of an item, also when it ran alone: {value}")
+            else:
+                out[i] = on_lost(items[i], value)
+        return out
+
+    @staticmethod
+    def _outcome(future) -> tuple[bool, object]:
+        """``(True, result)``, or ``(False, exc)`` when the item's workers were lost (KilledWorker,
+        or the future cancelled as the cluster lost them); the item's own errors raise."""
+        from concurrent.futures import CancelledError
+
+        from distributed.scheduler import KilledWorker
+
+        try:
+            return True, future.result()
+        except (KilledWorker, CancelledError) as exc:
+            return False, exc
 
     def close(self):
         if self._own:

@@ -76,3 +76,19 @@ def test_local_pool_with_a_dead_worker_records_its_items():
     ex = LocalExecutor(processes=2)
     with pytest.raises(BackendError, match="worker process died"):
         ex.map(_work, [(1, None), (-1, None)], progress=False)
+
+
+def test_dask_items_that_only_shared_the_dying_worker_are_not_lost():
+    """With no retries and one worker, the scheduler fails every task that worker held when the
+    guilty item killed it; the executor runs each again alone and loses only the guilty one."""
+    import cloudpickle
+    import dask
+    from distributed import LocalCluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    items = [(x, None) for x in range(6)] + [(-1, None)] + [(x, None) for x in range(6, 10)]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+            with DaskExecutor(c) as ex:
+                out = ex.map(_work, items, progress=False, on_lost=lambda item, exc: ("lost", item[0]))
+    assert out == [x * x for x in range(6)] + [("lost", -1)] + [x * x for x in range(6, 10)]
