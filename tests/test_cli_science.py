@@ -105,3 +105,54 @@ def test_label_through_a_dask_scheduler(tmp_path):
     assert "label_one" in prefixes
     bad = ns(path, "label", li2s, "--labeller", "lj", "--scheduler", "localhost:1", check=False)
     assert bad.returncode == 2 and "not a Dask scheduler address" in bad.stderr
+
+
+def _kill_first_label_plugin(marker):
+    """A worker plugin: the first worker to start a ``label_one`` task dies (``os._exit``), as under
+    the OOM killer; the marker file makes it happen once across worker restarts."""
+
+    from distributed import WorkerPlugin
+
+    class KillFirstLabel(WorkerPlugin):
+        def transition(self, key, start, finish, **kwargs):
+            import os
+
+            name = key if isinstance(key, str) else str(key[0])
+            if finish == "executing" and "label_one" in name and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+
+    return KillFirstLabel()
+
+
+def test_label_stage_survives_a_worker_killed_mid_label(tmp_path):
+    """A Dask worker dies while it labels: the scheduler reruns its item elsewhere, the verb
+    commits every label, and none is lost or recorded as failed."""
+    import cloudpickle
+    from ase.build import bulk
+    from ase.io import write
+    from distributed import Client, LocalCluster
+
+    from nodestore.loop import create_node
+
+    path = tmp_path / "d"
+    create_node("Li-P-S", path, reference_method=LJ, params=tiny_params())
+    cifs = []
+    for i, a in enumerate((5.60, 5.70, 5.80)):
+        cifs.append(tmp_path / f"Li2S-{i}.cif")
+        write(str(cifs[-1]), [bulk("SLi2", "fluorite", a=a)])
+    marker = tmp_path / "killed"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            client.register_plugin(_kill_first_label_plugin(str(marker)), name="kill-first-label")
+            r = json.loads(ns(path, "label", *cifs, "--labeller", "lj", "--scheduler", cluster.scheduler_address,
+                              "-m", "Li2S, one worker killed", "--json").stdout)
+    assert marker.exists()  # a worker did die mid-label
+    assert r["labelled"] == 3 and not r["failures"] and r["commit"]
+    from nodestore.repo.node import Node
+
+    t = Node.open(path).table
+    labelled = t.column("method") == LJ
+    assert labelled.sum() == 3  # each structure once: none lost, none twice
+    assert len(set(t.column("energy")[labelled].round(8))) == 3  # the three cells, not one of them twice
