@@ -95,15 +95,20 @@ def test_tiny_iteration_end_to_end(loop_node):
     assert (t.column("method") == LJ).sum() == doc["methods"][LJ] and doc["methods"][LJ] > r["committed"][0]["sun"].get("total", 0) - 100
     assert set(t.column("iteration")) >= {0, 1}
     # a second iteration: iteration 1 is a cache hit, only the new stages run
+    ids_1 = set(node.table.column("frame_id").astype(str))
     r2 = iterate(node, run=True)
     assert r2["committed"][0]["iteration"] == 2
+    ids_2 = set(Node.open(node.path).table.column("frame_id").astype(str))
     lock = (node.path / "dvc.lock").read_text()
     assert "generate@1" in lock and "curate@1" in lock
     assert node.show()["iterations"] == 2
     # iteration 2's H before is iteration 1's H after, read back from the node's entropy cache
     m2 = json.loads((node.path / "loop/iter-2/metrics.json").read_text())
     assert m2["entropy"]["H_before"] == m["entropy"]["H_after"]
-    assert len(list((node.state_dir / "cache").glob("entropy-*.json"))) == 3
+    # one cached H per set of configurations: before iteration 1, after it (= before iteration 2,
+    # a cache hit), and after iteration 2 when that added configurations (a loaded machine's
+    # iteration 2 may screen none of its candidates in time)
+    assert len(list((node.state_dir / "cache").glob("entropy-*.json"))) == 2 + (ids_2 != ids_1)
     # the hull with decomposition products, through the CLI
     p = ns(node, "hull", "--decomposition", "--json")
     hull = json.loads(p.communicate()[0])

@@ -93,7 +93,7 @@ class IterateResult(Result):
 @dataclass(frozen=True)
 class FsckProblem(Result):
     kind: str  # "object", "ref", "manifest", "checkpoint", "temp", "journal", "schema", "remote", "link",
-    #            "method", "lineage"
+    #            "method", "lineage", "git-lock"
     what: str  # the object, file or ref
     message: str
     fix: str

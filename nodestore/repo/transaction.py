@@ -106,6 +106,7 @@ class Transaction:
         self._lock.__enter__()
         try:
             recover(self.node)
+            drop_git_locks(self.node)
             self._begin()
         except BaseException:
             self._lock.__exit__(*sys.exc_info())
@@ -448,6 +449,33 @@ def drop_temp_files(node) -> list[str]:
     return removed
 
 
+#: lock files git (libgit2) holds while it writes a file of the repository, beside the refs'
+GIT_LOCKS = ("HEAD.lock", "index.lock", "packed-refs.lock", "config.lock", "ORIG_HEAD.lock")
+
+
+def git_lock_files(node) -> list[str]:
+    """The lock files of the node's git directory (paths relative to the node): a writer holds
+    one for the moment it rewrites HEAD, the index or a ref; one still there when no nodestore
+    writer runs was left by a killed process, and makes every later git write fail."""
+    gitdir = node.path / ".git"
+    if not gitdir.is_dir():
+        return []
+    out = [f".git/{n}" for n in GIT_LOCKS if (gitdir / n).is_file()]
+    refs = gitdir / "refs"
+    if refs.is_dir():
+        out += sorted(p.relative_to(node.path).as_posix() for p in refs.rglob("*.lock") if p.is_file())
+    return out
+
+
+def drop_git_locks(node) -> list[str]:
+    """Remove git's stale lock files; only ever called by a holder of the node's lock, so that
+    no nodestore writer can be using them."""
+    removed = git_lock_files(node)
+    for rel in removed:
+        _remove(node.path / rel)
+    return removed
+
+
 def pending_journal(node) -> dict | None:
     p = journal_path(node)
     if not p.is_file():
@@ -475,6 +503,7 @@ def recover(node) -> str | None:
             journal = pending_journal(node)
             if journal is None:
                 return None
+            drop_git_locks(node)
             outcome = _recover(node, journal)
             journal_path(node).unlink(missing_ok=True)
             return outcome

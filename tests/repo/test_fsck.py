@@ -244,3 +244,21 @@ def test_fsck_checks_the_lineage_of_checkpoints_and_rows(node, tmp_path):
     assert rc == 7 and f"models/{oid}" in out and "parent checkpoint" in out and "1 of the 3 frames" in out, out
     assert "e" * 32 in out and "fix:" in out
     assert pid != cid and f"models/{pid}" not in out and f"models/{cid}" not in out
+
+
+def test_a_stale_git_lock_is_reported_and_the_next_verb_removes_it(node):
+    """A checkout killed while libgit2 held ``.git/HEAD.lock`` (found by the random kills): fsck
+    names the lock, and the next writing verb removes it and succeeds instead of failing on it."""
+    node.import_files(REFERENCE_FILES, message="refs")
+    node.branch("other")
+    (node.path / ".git" / "HEAD.lock").write_text("ref: refs/heads/main\n")
+    (node.path / ".git" / "refs" / "heads" / "other.lock").write_text("0" * 40 + "\n")
+    r = node.fsck()
+    assert sorted(p.what for p in r.problems if p.kind == "git-lock") == [".git/HEAD.lock", ".git/refs/heads/other.lock"]
+    rc, out = run(node.path, "checkout", "other")
+    assert rc == 0, out
+    node = Node.open(node.path)
+    assert not (node.path / ".git" / "HEAD.lock").exists() and node.fsck().problems == []
+    from nodestore.repo import git
+
+    assert git.current_branch(node.git) == "other"
