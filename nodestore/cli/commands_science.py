@@ -300,3 +300,45 @@ def motifs(ctx, all_rows, factor, rev, as_json):
         counts = ", ".join(f"{k} {v}" for k, v in it["counts"].items()) or "none"
         new = f"  new: {', '.join(it['new'])}" if it["new"] else ""
         click.echo(f"iteration {it['iteration']}: {counts}{new}")
+
+
+@main.group()
+def analyze():
+    """Ask the node: analyses of its entries with its current force field, stored in the node."""
+
+
+@analyze.command("stability")
+@click.option("-T", "--temperature", "temperatures", type=click.FloatRange(min=0), multiple=True,
+              default=(0.0, 300.0, 600.0, 900.0), show_default=True, help="Temperature (K); repeat for several.")
+@click.option("-P", "--pressure", "pressures", type=float, multiple=True, default=(0.0,), show_default=True,
+              help="Pressure (GPa); repeat for several.")
+@click.option("--max-e-hull", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Entries this close to the hull (eV/atom), with the reference phases.")
+@click.option("--supercell", "supercell_min_length", type=click.FloatRange(min=3), default=8.0, show_default=True,
+              help="Each phonon supercell vector at least this long (Å).")
+@click.option("--keep-stale", is_flag=True, help="Use results of an earlier force field as they are (reported stale).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the E_hull(T, P) map (PNG).")
+@SCHEDULER_OPTION
+@JSON_OPTION
+@click.pass_context
+def analyze_stability_cmd(ctx, temperatures, pressures, max_e_hull, supercell_min_length, keep_stale, plot, as_json):
+    """Finite-T, P stability: enthalpy under pressure and harmonic phonon free energies (phonopy)
+    from the force field, one G(T, P) hull per temperature and pressure; imaginary modes flagged."""
+    from nodestore.loop.stability import StabilitySettings, analyze_stability
+
+    settings = StabilitySettings(temperatures=temperatures, pressures=pressures,
+                                 supercell_min_length=supercell_min_length)
+    r = analyze_stability(open_node(ctx), settings, max_e_hull=max_e_hull, keep_stale=keep_stale, plot=plot,
+                          progress=not as_json)
+    if as_json:
+        echo_json(r)
+        return
+    cols = ["frame_id", "formula", "dynamically_stable", "min_frequency_thz", "stale"]
+    cols += [k for k in (r.entries[0] if r.entries else {}) if k.startswith("g_hull_")]
+    table_print([{**e, "frame_id": e["frame_id"][:10]} for e in r.entries], cols)
+    click.echo(f"computed {r.computed}, cached {r.cached}, stale {len(r.stale)}, failed {len(r.failed)} "
+               f"(force field {r.checkpoint}, settings {r.settings})")
+    for fid, err in r.failed:
+        click.echo(f"  failed: {fid[:10]}: {err}")
+    if r.plot:
+        click.echo(f"wrote {r.plot}")
