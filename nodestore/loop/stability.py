@@ -102,7 +102,9 @@ def harmonic_phonons(ff, atoms, settings: StabilitySettings) -> Phonons:
     ph.generate_displacements(distance=settings.displacement)
     cells = [Atoms(symbols=s.symbols, cell=s.cell, scaled_positions=s.scaled_positions, pbc=True)
              for s in ph.supercells_with_displacements]
-    forces = np.array([r["forces"] for r in ff.predict(cells)])
+    # batches of at most ~1,000 atoms: a model's batched graph of 32 large supercells took GBs
+    batch = max(1, 1024 // max(1, len(cells[0]))) if cells else 1
+    forces = np.array([r["forces"] for r in ff.predict(cells, batch_size=batch)])
     if not np.all(np.isfinite(forces)):
         raise ValidationError(f"{atoms.get_chemical_formula()}: non-finite forces in a displaced supercell")
     forces -= forces.mean(axis=1, keepdims=True)  # no net force: translational invariance
