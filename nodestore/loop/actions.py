@@ -78,7 +78,7 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
     from nodestore.chem.hull import compute_hull
     from nodestore.models.forcefield import ForceField
 
-    from .stages import FF_PREFIX, load_forcefield, on_method_scale
+    from .stages import FF_PREFIX, current_forcefield, on_method_scale
 
     images = _read(files)
     if model:
@@ -89,8 +89,7 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
             raise ValidationError(f"no checkpoint {model!r} (see `nodestore model list`)")
         ff = ForceField.load(path)
     else:
-        cur = node.current_models().get("forcefield")
-        ff = ForceField.load(node.path / "models" / cur) if cur else load_forcefield(node, None)
+        _, ff = current_forcefield(node)
     # on the labeller's energy scale (refit on the node's labels if the model is not fitted to it)
     ff = on_method_scale(ff, node.table, node.config["reference_method"])
     if relax:
@@ -291,7 +290,7 @@ def train_forcefield(node, method: str | None = None, backend: str | None = None
 
     from nodestore.models.registry import from_config
 
-    from .stages import labelled_dataset, load_forcefield, section
+    from .stages import current_forcefield, labelled_dataset, section
 
     method = method or node.config["reference_method"]
     table = node.table
@@ -306,10 +305,7 @@ def train_forcefield(node, method: str | None = None, backend: str | None = None
         cfg = ff_params if ff_params.get("backend") == backend else {"backend": backend}
         ff = from_config("forcefield", {**cfg, "checkpoint": None})
     else:
-        from nodestore.models.forcefield import ForceField
-
-        cur = node.current_models().get("forcefield")
-        ff = ForceField.load(node.path / "models" / cur) if cur else load_forcefield(node, None)
+        _, ff = current_forcefield(node)
     kwargs = {k: v for k, v in section(ff_params, "finetune").items() if v is not None}
     kwargs.update({k: v for k, v in recipe.items() if v is not None})
     if val_fraction is not None:

@@ -300,16 +300,13 @@ def analyze_stability(node, settings: StabilitySettings, max_e_hull: float = 0.1
     structures without a result of these settings and this force field (``keep_stale``: a
     result of an earlier force field is used as it is, and reported stale).
     """
-    from nodestore.models.forcefield import ForceField
-
-    from .stages import load_forcefield, make_executor, on_method_scale
+    from .stages import current_forcefield, make_executor, on_method_scale
 
     table = node.table
     ids, images = _structures(node, table, max_e_hull)
     if not ids:
         raise ValidationError("no reference phase or entry of the reference method to analyse")
-    cid = node.current_models().get("forcefield") or ""
-    ff = ForceField.load(node.path / "models" / cid) if cid else load_forcefield(node, None)
+    cid, ff = current_forcefield(node)
     ff = on_method_scale(ff, table, node.config["reference_method"])
     checkpoint = cid or f"params:{ff.method}"
     skey = settings.key()

@@ -116,6 +116,15 @@ def load_forcefield(node, models_dir: Path | None):
     return from_config("forcefield", section(node.params, "forcefield"))
 
 
+def current_forcefield(node):
+    """(checkpoint id, force field): the node's current checkpoint, else ("", the one params.yaml
+    configures)."""
+    from nodestore.models.forcefield import ForceField
+
+    cid = node.current_models().get("forcefield") or ""
+    return cid, (ForceField.load(node.path / "models" / cid) if cid else load_forcefield(node, None))
+
+
 def on_method_scale(ff, table, method: str):
     """``ff`` on the energy scale of ``method``: a force field not yet fitted to it gets its
     per-element reference energies refit on ``table``'s labelled frames of that method (no

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nodestore.errors import LockedError, NodestoreError
+from nodestore.errors import NodestoreError
 
 from . import paths
 from .results import FsckProblem, FsckResult
@@ -61,6 +61,7 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
     from .lock import node_lock
 
     with node_lock(node.state_dir):
+        _check_git_locks(node, rep, repair)
         _check_git(node, rep)
         table = _check_documents(node, rep)
         if table is not None:
@@ -82,8 +83,7 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
 # -- private state ---------------------------------------------------------------
 
 def _check_state(node, rep: _Report, repair: bool) -> None:
-    from .lock import node_lock
-    from .transaction import drop_git_locks, drop_temp_files, git_lock_files, journal_path, recover
+    from .transaction import drop_temp_files, journal_path, recover
 
     state = node.path / paths.STATE_DIR
     if state.is_symlink() or (state.exists() and not state.is_dir()):
@@ -108,19 +108,16 @@ def _check_state(node, rep: _Report, repair: bool) -> None:
             drop_temp_files(node)
         for rel in temp:
             rep.add("temp", rel, "a temporary file an interrupted writer left", "run `nodestore fsck --repair`", repair)
-    locks = git_lock_files(node)
-    if locks:
-        done = False
-        if repair:
-            try:
-                with node_lock(node.state_dir):
-                    drop_git_locks(node)
-                done = True
-            except LockedError:
-                pass
-        for rel in locks:
-            rep.add("git-lock", rel, "a git lock file a killed writer left (git refuses to write while it is there)",
-                    "run `nodestore fsck --repair`, or any writing verb (it removes the lock while no writer runs)", done)
+
+
+def _check_git_locks(node, rep: _Report, repair: bool) -> None:
+    """git's lock files, under the node's lock: no nodestore writer holds them now."""
+    from .transaction import drop_git_locks, git_lock_files
+
+    locks = drop_git_locks(node) if repair else git_lock_files(node)
+    for rel in locks:
+        rep.add("git-lock", rel, "a git lock file a killed writer left (git refuses to write while it is there)",
+                "run `nodestore fsck --repair`, or any writing verb (it removes the lock while no writer runs)", repair)
 
 
 def _temp_files(node) -> list[str]:
