@@ -24,7 +24,8 @@ DEFAULT_PARAMS: dict = {
     "curate": {"stable_threshold": 0.1},
     "match": {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0},
     "forcefield": {"backend": "sevenn", "pretrained": "7net-0", "finetune": {"max_seconds": 180}},
-    "labeller": {"backend": "gpaw", "ecut": 300, "kpt_density": 2.0, "smearing": 0.05, "timeout": 900},
+    "labeller": {"backend": "gpaw", "ecut": 300, "kpt_density": 2.0, "kpt_dense_kppra": 2000,
+                 "smearing": 0.05, "timeout": 900},
     "generator": {"backend": "pyxtal", "max_atoms": 16},
     "executor": {"backend": "local", "processes": 1},
 }

@@ -33,6 +33,31 @@ def test_gpaw_label_li2s():
     assert labelled.get_potential_energy() == res["energy"] and labelled.info["method"] == "gpaw-pbe-pw200"
 
 
+@pytest.mark.gpaw
+@pytest.mark.skipif(not _has_gpaw(), reason="/usr/bin/python3 cannot import gpaw")
+def test_gpaw_dense_mesh_for_a_metal_only():
+    """bcc Li (a metal) is recomputed on the kppra mesh; insulating Li2S keeps the base mesh."""
+    lab = GpawLabeller(ecut=200, kpt_density=1.5, smearing=0.1, kpt_dense_kppra=1000)
+    assert lab.method_info["params"]["kpt_dense_kppra"] == 1000
+    li, li2s = bulk("Li", "bcc", a=3.44), bulk("SLi2", "fluorite", a=5.70)
+    res_li, res_s = lab.label([li, li2s])
+    assert res_li["ok"] and res_s["ok"], (res_li["error"], res_s["error"])
+    k_li, k_s = res_li["kpoints"], res_s["kpoints"]
+    assert k_li["gap_ev"] == 0 and k_li["dense"] and np.prod(k_li["mesh"]) * 1 >= 1000
+    assert k_s["gap_ev"] > 2 and not k_s.get("dense") and np.prod(k_s["mesh"]) * 3 < 1000
+    base = GpawLabeller(ecut=200, kpt_density=1.5, smearing=0.1)
+    assert "kpt_dense_kppra" not in base.method_info["params"]  # off: the method of older nodes
+    (res_base,) = base.label([li])
+    assert "dense" not in res_base["kpoints"] and res_base["energy"] != res_li["energy"]
+
+
+def test_gpaw_labeller_refuses_bad_kpoint_settings():
+    from nodestore.errors import ValidationError
+    for kw in ({"kpt_density": 0}, {"kpt_dense_kppra": -1}, {"kpt_dense_kppra": float("nan")}):
+        with pytest.raises(ValidationError):
+            GpawLabeller(**kw)
+
+
 def test_lj_label():
     (res,) = LennardJonesLabeller().label([bulk("SLi2", "fluorite", a=5.70)])
     assert res["ok"] and res["method"] == "lj-s2-e0.05" and np.isfinite(res["energy"])

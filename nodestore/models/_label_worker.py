@@ -25,20 +25,84 @@ import sys
 import traceback
 
 
-def _gpaw(params):
+def _gpaw(params, atoms=None):
     import gpaw
     from gpaw import GPAW, PW, FermiDirac
 
     p = dict(params)
+    density = float(p.pop("kpt_density", 3.0))
+    gamma = bool(p.pop("gamma", True))
+    # cells with a small or no gap at the base mesh are recomputed on a denser one (see _gpaw_dense)
+    p.pop("kpt_dense_kppra", None)
+    p.pop("dense_below_gap", None)
     kwargs = {
         "mode": PW(float(p.pop("ecut", 300.0))),
         "xc": p.pop("xc", "PBE"),
-        "kpts": {"density": float(p.pop("kpt_density", 3.0)), "gamma": bool(p.pop("gamma", True))},
+        "kpts": {"density": density, "gamma": gamma},
         "occupations": FermiDirac(float(p.pop("smearing", 0.05))),
         "txt": p.pop("txt", None),
     }
     kwargs.update(p)
     return GPAW(**kwargs), "gpaw", gpaw.__version__
+
+
+def kppra_density(atoms, density, kppra):
+    """The least k-point density (points per 1/A, ASE's convention, as GPAW's ``{"density": d}``)
+    not below ``density`` whose Monkhorst-Pack mesh has at least ``kppra`` k-points per reciprocal
+    atom (mesh points times atoms), and that mesh."""
+    from ase.calculators.calculator import kptdensity2monkhorstpack
+
+    d = float(density)
+    mesh = kptdensity2monkhorstpack(atoms, d, False)
+    for _ in range(400):
+        if int(mesh[0]) * int(mesh[1]) * int(mesh[2]) * len(atoms) >= kppra:
+            break
+        d *= 1.02
+        mesh = kptdensity2monkhorstpack(atoms, d, False)
+    return d, [int(m) for m in mesh]
+
+
+def _band_gap(calc):
+    """The band gap (eV) of a converged calculation; 0 for a metal."""
+    from ase.dft.bandgap import bandgap
+
+    try:
+        gap = bandgap(calc, output=None)[0]
+    except TypeError:  # ASE without the ``output`` keyword
+        gap = bandgap(calc)[0]
+    return float(gap)
+
+
+def _gpaw_dense(params, atoms, calc):
+    """GPAW's k-point rule for metals and small gaps.
+
+    With ``kpt_dense_kppra`` set, the structure is first computed on the base mesh
+    (``kpt_density``); a cell whose band gap there is below ``dense_below_gap`` eV (0.5) is
+    recomputed on a mesh of at least ``kpt_dense_kppra`` k-points per reciprocal atom.  The
+    energy of a metal (bcc Li) or a narrow-gap semiconductor (black P) converges with the mesh
+    far more slowly than an insulator's, and every formation energy rests on them.
+    Returns the calculator to use and what was decided."""
+    kppra = float(params.get("kpt_dense_kppra") or 0)
+    density = float(params.get("kpt_density", 3.0))
+    info = {"mesh": [int(k) for k in _mesh(atoms, density)], "density": density}
+    if kppra <= 0 or not all(atoms.pbc):
+        return calc, info
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    gap = _band_gap(calc)
+    info["gap_ev"] = round(gap, 4)
+    if gap >= float(params.get("dense_below_gap", 0.5)):
+        return calc, info
+    dense, mesh = kppra_density(atoms, density, kppra)
+    if mesh == info["mesh"]:
+        return calc, info
+    info.update(mesh=mesh, density=round(dense, 4), dense=True)
+    return _gpaw({**params, "kpt_density": dense})[0], info
+
+
+def _mesh(atoms, density):
+    from ase.calculators.calculator import kptdensity2monkhorstpack
+    return kptdensity2monkhorstpack(atoms, float(density), False)
 
 
 def _vasp(params):
@@ -155,9 +219,11 @@ def main(argv):
         a = request["atoms"]
         atoms = Atoms(numbers=a["numbers"], positions=a["positions"], cell=a["cell"], pbc=a["pbc"])
         calc, code, version = make_calculator(request["calculator"], request.get("params", {}))
+        result = {"code": code, "version": version}
+        if request["calculator"] == "gpaw":
+            calc, result["kpoints"] = _gpaw_dense(request.get("params", {}), atoms, calc)
         atoms.calc = calc
         props = request.get("properties", ["energy", "forces", "stress"])
-        result = {"code": code, "version": version}
         relax = request.get("relax") or {}
         if int(relax.get("steps", 0)) > 0:
             result.update(_relax(atoms, relax, "stress" in props))

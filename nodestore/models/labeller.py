@@ -204,6 +204,8 @@ class AseLabeller(Labeller):
         out = {"ok": True, "energy": last["energy"], "forces": last["forces"], "stress": last["stress"],
                "method": self.method, "method_info": info, "error": None, "failure": None,
                "seconds": round(seconds, 3)}
+        if result.get("kpoints"):
+            out["kpoints"] = result["kpoints"]  # the mesh used, and the gap that chose it
         if result.get("trajectory"):
             out.update(positions=last["positions"], cell=last["cell"], trajectory=trajectory,
                        relax=result.get("relax"))
@@ -220,15 +222,27 @@ def _kill_group(proc) -> None:
 
 class GpawLabeller(AseLabeller):
     """GPAW, plane waves: ``PW(ecut)``, k-points by density (points per 1/A, Gamma
-    centred), Fermi-Dirac smearing; run by Debian's ``/usr/bin/python3``."""
+    centred), Fermi-Dirac smearing; run by Debian's ``/usr/bin/python3``.
+
+    ``kpt_dense_kppra``: a cell whose band gap on the ``kpt_density`` mesh is below
+    ``dense_below_gap`` eV (a metal, or a narrow-gap semiconductor) is recomputed on a mesh of
+    at least that many k-points per reciprocal atom (mesh points times atoms; the Materials
+    Project's relaxations use 1000).  Part of the method's settings when set.
+    """
 
     backend = "gpaw"
 
     def __init__(self, ecut: float = 300.0, kpt_density: float = 3.0, smearing: float = 0.05,
-                 xc: str = "PBE", *, python: str = "/usr/bin/python3", timeout: float = 1800.0,
-                 extra: dict | None = None):
+                 xc: str = "PBE", *, kpt_dense_kppra: float = 0.0, dense_below_gap: float = 0.5,
+                 python: str = "/usr/bin/python3", timeout: float = 1800.0, extra: dict | None = None):
+        if not (np.isfinite(kpt_density) and kpt_density > 0 and np.isfinite(kpt_dense_kppra)
+                and kpt_dense_kppra >= 0 and np.isfinite(dense_below_gap) and dense_below_gap >= 0):
+            raise ValidationError("gpaw labeller: kpt_density must be > 0, kpt_dense_kppra and "
+                                  "dense_below_gap >= 0 (finite numbers)")
         params = {"ecut": float(ecut), "kpt_density": float(kpt_density), "smearing": float(smearing),
                   "xc": xc, **(extra or {})}
+        if kpt_dense_kppra > 0:  # absent when off, so that nodes labelled before it keep their method
+            params.update(kpt_dense_kppra=float(kpt_dense_kppra), dense_below_gap=float(dense_below_gap))
         super().__init__("gpaw", params, method=f"gpaw-{xc.lower()}-pw{ecut:g}", python=python,
                          timeout=timeout, functional=xc, cutoff_ev=float(ecut),
                          kpoint_density=float(kpt_density), smearing_ev=float(smearing))
