@@ -236,7 +236,8 @@ def plot_map(smap: StabilityMap, results: dict, path) -> str:
 
 # ---------------------------------------------------------------------- the node analysis
 #: the node's cache of results, one per structure (frame id), with what they were computed with
-CACHE = "analyses/stability.json"
+NAME = "stability"
+CACHE = f"analyses/{NAME}.json"
 
 
 @dataclass(frozen=True)
@@ -257,21 +258,45 @@ class StabilityResult:
 
 def read_cache(node, rev: str | None = None) -> dict:
     """The stored results (``{frame id: {"checkpoint", "settings", "result"}}``), at ``rev``."""
-    if rev is None:
-        p = node.path / CACHE
-        text = p.read_text() if p.is_file() else None
-    else:
-        from nodestore.repo import git
+    from . import analyses
 
-        commit = git.resolve(node.git, rev)
-        try:
-            text = node.git[commit.tree[CACHE].id].data.decode()
-        except KeyError:
-            text = None
-    if not text:
+    return analyses.read(node, NAME, rev)
+
+
+def frame_columns(node, rev: str | None = None) -> dict[str, dict[str, float]]:
+    """``{column: {frame id: value}}`` for ``query``: ``g_hull_<T>K_<P>GPa`` from the stored results
+    (one G hull per settings they were computed with), ``dynamically_stable`` (1/0) and
+    ``min_frequency_thz``, ``stability_stale`` (1 where the result is of another force field than
+    the current one)."""
+    from . import analyses
+
+    store = read_cache(node, rev)
+    if not store:
         return {}
-    doc = json.loads(text)
-    return doc.get("results", {}) if isinstance(doc, dict) else {}
+    current = analyses.current_checkpoint(node, rev)
+    out: dict[str, dict[str, float]] = {"dynamically_stable": {}, "min_frequency_thz": {}, "stability_stale": {}}
+    groups: dict[str, dict] = {}
+    for fid, rec in store.items():
+        res = rec.get("result") or {}
+        if not res.get("pressures"):
+            continue
+        groups.setdefault(rec["settings"], {})[fid] = rec
+        out["dynamically_stable"][fid] = float(all(p["dynamically_stable"] for p in res["pressures"]))
+        out["min_frequency_thz"][fid] = min(p["min_frequency_thz"] for p in res["pressures"])
+        out["stability_stale"][fid] = float(analyses.is_stale(rec["checkpoint"], current))
+    for recs in groups.values():
+        doc = next(iter(recs.values())).get("settings_doc") or {}
+        try:
+            settings = StabilitySettings(temperatures=tuple(doc.get("temperatures", ())),
+                                         pressures=tuple(doc.get("pressures", ())))
+            smap = g_hulls({k: r["result"] for k, r in recs.items()}, settings)
+        except (ValidationError, TypeError, KeyError, IndexError):
+            continue  # a group without every element's phase has no hull
+        for i, fid in enumerate(smap.keys):
+            for ip, p in enumerate(smap.pressures):
+                for it, t in enumerate(smap.temperatures):
+                    out.setdefault(column_name("g_hull", t, p), {})[fid] = smap.e_hull[i][ip][it]
+    return out
 
 
 def _structures(node, table, max_e_hull: float):
@@ -300,6 +325,7 @@ def analyze_stability(node, settings: StabilitySettings, max_e_hull: float = 0.1
     structures without a result of these settings and this force field (``keep_stale``: a
     result of an earlier force field is used as it is, and reported stale).
     """
+    from . import analyses
     from .stages import current_forcefield, make_executor, on_method_scale
 
     table = node.table
@@ -311,10 +337,8 @@ def analyze_stability(node, settings: StabilitySettings, max_e_hull: float = 0.1
     checkpoint = cid or f"params:{ff.method}"
     skey = settings.key()
     store = dict(read_cache(node))
-    stale = tuple(i for i in ids if i in store and store[i]["settings"] == skey and store[i]["checkpoint"] != checkpoint)
-    todo = [k for k, i in enumerate(ids)
-            if i not in store or store[i]["settings"] != skey or (i in stale and not keep_stale)]
-    cached = len(ids) - len(todo)
+    todo_plan = analyses.plan(store, ids, skey, checkpoint, keep_stale)
+    todo, stale, cached = list(todo_plan.todo), todo_plan.stale, todo_plan.cached
     commits, failed = [], []
     with make_executor(node) as ex:
         for start in range(0, len(todo), chunk):
@@ -326,10 +350,9 @@ def analyze_stability(node, settings: StabilitySettings, max_e_hull: float = 0.1
                                      "result": r}
                 else:
                     failed.append((ids[k], r.get("error", "")))
-            with node.transaction(f"analyze stability: {len(part)} structures ({checkpoint})") as tx:
-                tx.write_json(CACHE, {"version": VERSION, "results": store})
-            if tx.commit_id:
-                commits.append(tx.commit_id)
+            commit = analyses.write(node, NAME, store, f"analyze stability: {len(part)} structures ({checkpoint})")
+            if commit:
+                commits.append(commit)
     results = {i: store[i]["result"] for i in ids if i in store and store[i]["settings"] == skey}
     smap = g_hulls(results, settings)
     entries = []
