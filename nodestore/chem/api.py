@@ -345,8 +345,18 @@ def _depth(tree) -> int:
     return best
 
 
-def parse_query(expr: str) -> ast.Expression:
-    """Parse and check a query; raise ValidationError naming what is not allowed."""
+def query_names(expr: str) -> set[str]:
+    """The column names an (unchecked) expression names; empty when it does not parse."""
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+def parse_query(expr: str, names: Sequence[str] = ()) -> ast.Expression:
+    """Parse and check a query (``names``: extra columns it may name besides the table's);
+    raise ValidationError naming what is not allowed."""
     if not isinstance(expr, str) or not expr.strip():
         raise ValidationError("empty query")
     if len(expr) > MAX_QUERY:
@@ -370,9 +380,9 @@ def parse_query(expr: str) -> ast.Expression:
                 f"bad query {expr!r}: {what} is not allowed (use comparisons of columns with "
                 "constants, 'in [...]', and/or/not)")
         if isinstance(node, ast.Name) and node.id not in QUERY_COLUMNS and node.id not in DERIVED \
-                and node.id not in ("true", "false", "nan"):
+                and node.id not in names and node.id not in ("true", "false", "nan"):
             raise ValidationError(f"bad query {expr!r}: unknown column {node.id!r} "
-                                  f"(columns: {', '.join(QUERY_COLUMNS + tuple(DERIVED))})")
+                                  f"(columns: {', '.join(QUERY_COLUMNS + tuple(DERIVED) + tuple(sorted(names)))})")
         if isinstance(node, (ast.List, ast.Tuple)):
             for elt in node.elts:
                 if not isinstance(elt, ast.Constant) and not (
@@ -385,17 +395,22 @@ def parse_query(expr: str) -> ast.Expression:
     return tree
 
 
-def query(table, expr: str) -> np.ndarray:
+def query(table, expr: str, extra: dict | None = None) -> np.ndarray:
     """Row indices where the expression holds, e.g. ``"e_hull < 0.05 and novelty == 'novel'"``.
 
     Allowed: per-frame column names (and ``energy_per_atom``, ``novel``,
     ``duplicate``, ``substitution``, ``unique``, ``valid``), constants,
     comparisons (chained too), ``in``/``not in`` a list of constants,
     ``and``/``or``/``not``.  Nothing is evaluated as Python code.  NaN compares
-    false, as in numpy.
+    false, as in numpy.  ``extra`` adds columns (``{name: array of len(table)}``), such as the
+    node's stored analyses.
     """
-    tree = parse_query(expr)
-    cache: dict[str, np.ndarray] = {}
+    extra = dict(extra or {})
+    for name, arr in extra.items():
+        if len(arr) != len(table):
+            raise ValueError(f"extra column {name!r} has {len(arr)} rows, the table {len(table)}")
+    tree = parse_query(expr, tuple(extra))
+    cache: dict[str, np.ndarray] = dict(extra)
     n = len(table)
 
     def col(name):

@@ -70,12 +70,17 @@ def hull(ctx, method, plot, decomposition, rev, as_json):
 @click.pass_context
 def query(ctx, expr, fmt, output, rev):
     """Rows matching EXPR, e.g. "e_hull < 0.025 and novelty == 'novel'"."""
+    import numpy as np
+
+    from nodestore.chem.api import DERIVED, QUERY_COLUMNS, query_names
     from nodestore.frames.io import TABLE_COLUMNS, table_records, write_frames
-    from nodestore.loop.query import select_rows
+    from nodestore.loop.query import analysis_columns, select_rows
 
     node = open_node(ctx)
     table = node.table_at(rev)
-    rows = select_rows(table, expr)
+    rows = select_rows(table, expr, node, rev)
+    named = sorted(query_names(expr) - set(QUERY_COLUMNS) - set(DERIVED) - {"true", "false", "nan"})
+    shown = {k: v[rows] for k, v in analysis_columns(node, table, named, rev).items()} if named else {}
     if fmt in ("extxyz", "cif"):
         if not output:
             raise click.UsageError(f"--format {fmt} needs -o FILE")
@@ -83,6 +88,8 @@ def query(ctx, expr, fmt, output, rev):
         click.echo(f"wrote {len(rows)} frames to {output}")
         return
     recs = table_records(table.read(rows, columns=[c for c in TABLE_COLUMNS]))
+    for i, rec in enumerate(recs):  # the analysis columns the expression names, next to the table's
+        rec.update({k: (None if not np.isfinite(v[i]) else float(v[i])) for k, v in shown.items()})
     if output and fmt in ("csv", "json"):
         write_frames(table.read(rows), output, fmt)
         click.echo(f"wrote {len(rows)} rows to {output}")
@@ -92,12 +99,12 @@ def query(ctx, expr, fmt, output, rev):
         import csv
         import sys
 
-        w = csv.DictWriter(sys.stdout, fieldnames=list(TABLE_COLUMNS))
+        w = csv.DictWriter(sys.stdout, fieldnames=list(TABLE_COLUMNS) + list(shown))
         w.writeheader()
         w.writerows(recs)
     else:
         table_print(recs, ["frame_id", "formula", "n_atoms", "method", "origin", "iteration", "e_hull", "novelty",
-                           "is_entry"])
+                           "is_entry", *shown])
         click.echo(f"{len(rows)} rows")
 
 
@@ -336,6 +343,53 @@ def analyze_stability_cmd(ctx, temperatures, pressures, max_e_hull, supercell_mi
     cols = ["frame_id", "formula", "dynamically_stable", "min_frequency_thz", "stale"]
     cols += [k for k in (r.entries[0] if r.entries else {}) if k.startswith("g_hull_")]
     table_print([{**e, "frame_id": e["frame_id"][:10]} for e in r.entries], cols)
+    click.echo(f"computed {r.computed}, cached {r.cached}, stale {len(r.stale)}, failed {len(r.failed)} "
+               f"(force field {r.checkpoint}, settings {r.settings})")
+    for fid, err in r.failed:
+        click.echo(f"  failed: {fid[:10]}: {err}")
+    if r.plot:
+        click.echo(f"wrote {r.plot}")
+
+
+@analyze.command("transport")
+@click.option("-T", "--temperature", "temperatures", type=float, multiple=True,
+              default=(600.0, 800.0, 1000.0), show_default=True, help="MD temperature (K); repeat for several.")
+@click.option("--frame", "frames", multiple=True, help="A frame id (or unique prefix); repeat for several. "
+              "Default: the Li compounds among the references and entries within --max-e-hull.")
+@click.option("--max-e-hull", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Entries this close to the hull (eV/atom), with the reference phases.")
+@click.option("--production-ps", type=float, default=10.0, show_default=True, help="Production run per temperature (ps).")
+@click.option("--equilibration-ps", type=float, default=1.0, show_default=True, help="Equilibration before it (ps).")
+@click.option("--timestep-fs", type=float, default=2.0, show_default=True, help="MD time step (fs).")
+@click.option("--supercell", "supercell_min_length", type=float, default=8.0, show_default=True,
+              help="Each supercell width at least this long (Å).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the velocities and the thermostat.")
+@click.option("--keep-stale", is_flag=True, help="Use results of an earlier force field as they are (reported stale).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the Arrhenius plot and the MSDs (PNG).")
+@SCHEDULER_OPTION
+@JSON_OPTION
+@click.pass_context
+def analyze_transport_cmd(ctx, temperatures, frames, max_e_hull, production_ps, equilibration_ps, timestep_fs,
+                          supercell_min_length, seed, keep_stale, plot, as_json):
+    """Li-ion transport: NVT MD with the force field (Bussi thermostat, every structure and
+    temperature in one batch), tracer diffusivity with its uncertainty (kinisi), Arrhenius
+    activation energy and the room-temperature diffusivity and conductivity; ranked by it."""
+    from nodestore.loop.transport import TransportSettings, analyze_transport
+
+    settings = TransportSettings(temperatures=temperatures, production_ps=production_ps,
+                                 equilibration_ps=equilibration_ps, timestep_fs=timestep_fs,
+                                 supercell_min_length=supercell_min_length, seed=seed)
+    r = analyze_transport(open_node(ctx), settings, max_e_hull=max_e_hull, frames=frames, keep_stale=keep_stale,
+                          plot=plot, progress=not as_json)
+    if as_json:
+        echo_json(r)
+        return
+    d_cols = [k for k in (r.entries[0] if r.entries else {}) if k.startswith("li_diffusivity_") and
+              k.endswith("K") and k != "li_diffusivity_300K"]
+    cols = ["frame_id", "formula", "n_atoms", *d_cols, "li_ea", "li_ea_err", "li_diffusivity_300K",
+            "li_conductivity_300K", "stale"]
+    table_print([{**e, "frame_id": e["frame_id"][:10]} for e in r.entries], cols)
+    click.echo("D* in cm²/s (unresolved from zero: see --json), Ea in eV, σ(300 K) in S/cm (Nernst-Einstein)")
     click.echo(f"computed {r.computed}, cached {r.cached}, stale {len(r.stale)}, failed {len(r.failed)} "
                f"(force field {r.checkpoint}, settings {r.settings})")
     for fid, err in r.failed:

@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REFERENCE_FILES
 from nodestore.loop.stability import CACHE, StabilitySettings, analyze_stability, read_cache, stability_of
-from test_loop import tiny_params
 
 
 def test_phonon_free_energy_of_antifluorite_li2s_is_finite_without_imaginary_modes():
@@ -33,24 +31,6 @@ def test_phonon_free_energy_of_antifluorite_li2s_is_finite_without_imaginary_mod
     conv = stability_of(ff, bulk("SLi2", "fluorite", a=5.70, cubic=True),
                         StabilitySettings(temperatures=(0, 300, 600), pressures=(0,)))["pressures"][0]
     assert np.allclose(conv["f_vib_per_atom"], at0["f_vib_per_atom"], atol=2e-3)
-
-
-@pytest.fixture
-def stability_node(tmp_path):
-    from ase.build import bulk
-    from ase.io import write
-
-    from nodestore.loop import create_node
-    from nodestore.loop.actions import label_references
-
-    params = tiny_params()
-    params["forcefield"] = {"backend": "pair"}
-    node = create_node("Li-P-S", tmp_path / "n", reference_method="lj-s2-e0.05", params=params)
-    li = tmp_path / "Li.cif"
-    write(str(li), [bulk("Li", "bcc", a=3.44, cubic=True)])
-    node.import_files([*REFERENCE_FILES, li], origin="reference", message="references")
-    label_references(node)
-    return node
 
 
 def test_node_analysis_is_stored_cached_stale_after_the_force_field_changes_and_resumes(stability_node):
