@@ -396,3 +396,40 @@ def analyze_transport_cmd(ctx, temperatures, frames, max_e_hull, production_ps, 
         click.echo(f"  failed: {fid[:10]}: {err}")
     if r.plot:
         click.echo(f"wrote {r.plot}")
+
+
+@analyze.command("electronic")
+@click.option("--frame", "frames", multiple=True, help="A frame id (or unique prefix); repeat for several. "
+              "Default: the reference phases and the entries within --max-e-hull.")
+@click.option("--max-e-hull", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Entries this close to the hull (eV/atom), with the reference phases.")
+@click.option("--width", type=float, default=0.1, show_default=True, help="Gaussian broadening of the DOS (eV).")
+@click.option("--npts", type=int, default=801, show_default=True, help="Points of the DOS.")
+@click.option("--window", type=(float, float), default=(-10.0, 6.0), show_default=True,
+              help="DOS window relative to the Fermi level (eV).")
+@click.option("--kpt-density", type=float, default=None,
+              help="k-point density (per 1/Å) of the calculation; default: the node's method's.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the densities of states (PNG).")
+@SCHEDULER_OPTION
+@JSON_OPTION
+@click.pass_context
+def analyze_electronic_cmd(ctx, frames, max_e_hull, width, npts, window, kpt_density, plot, as_json):
+    """Band gap and density of states by the node's labeller (GPAW: one SCF per structure with the
+    node's method), stored per frame; ranked by gap."""
+    from nodestore.loop.electronic import ElectronicSettings, analyze_electronic
+
+    settings = ElectronicSettings(width=width, npts=npts, emin=window[0], emax=window[1], kpt_density=kpt_density)
+    r = analyze_electronic(open_node(ctx), settings, max_e_hull=max_e_hull, frames=frames, plot=plot,
+                           progress=not as_json)
+    if as_json:
+        echo_json(r)
+        return
+    table_print([{**e, "frame_id": e["frame_id"][:10]} for e in r.entries],
+                ["frame_id", "formula", "n_atoms", "band_gap", "band_gap_direct", "fermi_level", "metal", "kpoints"])
+    click.echo("gaps in eV (Kohn-Sham, on the calculation's k-point mesh)")
+    click.echo(f"computed {r.computed}, cached {r.cached}, failed {len(r.failed)} "
+               f"(labeller {r.method}, settings {r.settings})")
+    for fid, err in r.failed:
+        click.echo(f"  failed: {fid[:10]}: {err}")
+    if r.plot:
+        click.echo(f"wrote {r.plot}")

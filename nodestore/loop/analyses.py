@@ -8,7 +8,7 @@ checkpoint and the hash of the settings it was computed with::
 A result of the same settings and another checkpoint is *stale*: the current force field would
 give another answer.  The file is written through the node's transaction, one commit per chunk
 of structures, so a killed analysis keeps what it finished, and it can be read at any commit.
-Analyses (``stability``, ``transport``) share this module; ``columns`` turns their results into
+Analyses (``stability``, ``transport``, ``electronic``) share this module; ``columns`` turns their results into
 per-row columns for ``query``.
 """
 
@@ -89,6 +89,37 @@ def is_stale(recorded: str, current: str) -> bool:
     return recorded.startswith("params:") != (current == "") or (current != "" and recorded != current)
 
 
+def select(node, table, max_e_hull: float, frames: tuple = ()):
+    """(frame ids, Atoms without a calculator) an analysis is about: the frames named by id or
+    unique prefix when ``frames`` is given, else the node's reference phases and its entries within
+    ``max_e_hull`` of the hull of the reference method; one row per frame id, in table order."""
+    from nodestore.errors import ValidationError
+
+    ids_all = table.column("frame_id").astype(str)
+    if frames:
+        rows = []
+        for f in frames:
+            hit = np.nonzero(np.char.startswith(ids_all, f))[0] if f else []
+            if len(hit) == 0:
+                raise ValidationError(f"no frame {f!r} in the node")
+            if len({ids_all[r] for r in hit}) > 1:
+                raise ValidationError(f"frame prefix {f!r} is ambiguous")
+            rows.append(int(hit[0]))
+        rows = np.array(rows, dtype=np.int64)
+    else:
+        method = node.config["reference_method"]
+        m = (table.column("method") == method) & np.isfinite(table.column("energy"))
+        refs = m & (table.column("origin") == "reference")
+        near = m & table.column("is_entry") & (table.column("e_hull") <= max_e_hull)
+        rows = np.nonzero(refs | near)[0]
+        _, first = np.unique(ids_all[rows], return_index=True)
+        rows = rows[np.sort(first)]
+    images = table.to_atoms(rows)
+    for a in images:
+        a.calc = None
+    return [str(ids_all[r]) for r in rows], images
+
+
 def write(node, name: str, store: dict, message: str) -> str | None:
     """Write the results through one transaction; the commit id (None when nothing changed)."""
     with node.transaction(message) as tx:
@@ -100,10 +131,10 @@ def columns(node, table, rev: str | None = None) -> dict[str, np.ndarray]:
     """Per-row query columns from the stored analyses at ``rev``: each frame's value on every row
     of that frame id, NaN where there is none.  A stale result is included (it is what the node
     holds); ``*_stale`` columns say which."""
-    from . import stability, transport
+    from . import electronic, stability, transport
 
     per_frame: dict[str, dict[str, float]] = {}
-    for fn in (stability.frame_columns, transport.frame_columns):
+    for fn in (stability.frame_columns, transport.frame_columns, electronic.frame_columns):
         for name, values in fn(node, rev).items():
             per_frame.setdefault(name, {}).update(values)
     if not per_frame:

@@ -302,18 +302,9 @@ def frame_columns(node, rev: str | None = None) -> dict[str, dict[str, float]]:
 def _structures(node, table, max_e_hull: float):
     """(frame ids, Atoms): the node's reference phases and its entries within ``max_e_hull`` of
     the hull of the reference method, one row per frame."""
-    method = node.config["reference_method"]
-    m = (table.column("method") == method) & np.isfinite(table.column("energy"))
-    refs = m & (table.column("origin") == "reference")
-    near = m & table.column("is_entry") & (table.column("e_hull") <= max_e_hull)
-    rows = np.nonzero(refs | near)[0]
-    ids = table.column("frame_id")[rows].astype(str)
-    _, first = np.unique(ids, return_index=True)
-    rows = rows[np.sort(first)]
-    images = table.to_atoms(rows)
-    for a in images:
-        a.calc = None
-    return [str(x) for x in table.column("frame_id")[rows]], images
+    from . import analyses
+
+    return analyses.select(node, table, max_e_hull)
 
 
 def analyze_stability(node, settings: StabilitySettings, max_e_hull: float = 0.1, keep_stale: bool = False,

@@ -344,34 +344,16 @@ class TransportResult:
 def _structures(node, table, max_e_hull: float, frames: tuple, specie: str):
     """(frame ids, Atoms) of the Li-containing compounds to analyse: ``frames`` when given, else the
     reference phases and the entries within ``max_e_hull`` of the hull (reference method)."""
-    ids_all = table.column("frame_id").astype(str)
-    if frames:
-        rows = []
-        for f in frames:
-            hit = np.nonzero(np.char.startswith(ids_all, f))[0] if f else []
-            if len(hit) == 0:
-                raise ValidationError(f"no frame {f!r} in the node")
-            if len({ids_all[r] for r in hit}) > 1:
-                raise ValidationError(f"frame prefix {f!r} is ambiguous")
-            rows.append(int(hit[0]))
-        rows = np.array(rows, dtype=np.int64)
-    else:
-        method = node.config["reference_method"]
-        m = (table.column("method") == method) & np.isfinite(table.column("energy"))
-        refs = m & (table.column("origin") == "reference")
-        near = m & table.column("is_entry") & (table.column("e_hull") <= max_e_hull)
-        rows = np.nonzero(refs | near)[0]
-        _, first = np.unique(ids_all[rows], return_index=True)
-        rows = rows[np.sort(first)]
-    images = table.to_atoms(rows)
+    from . import analyses
+
+    ids, images = analyses.select(node, table, max_e_hull, frames)
     keep = []
-    for r, a in zip(rows, images):
-        a.calc = None
+    for fid, a in zip(ids, images):
         syms = set(a.get_chemical_symbols())
         if specie in syms and len(syms) > 1:
-            keep.append((str(ids_all[r]), a))
+            keep.append((fid, a))
         elif frames:
-            raise ValidationError(f"frame {ids_all[r][:10]} ({a.get_chemical_formula()}) is not a compound "
+            raise ValidationError(f"frame {fid[:10]} ({a.get_chemical_formula()}) is not a compound "
                                   f"of {specie}: no {specie}-ion transport to compute")
     return [k for k, _ in keep], [a for _, a in keep]
 

@@ -17,6 +17,10 @@ structure is relaxed by the calculator itself (ASE's BFGS, on a
 ionic step's geometry and labels are returned in ``"trajectory"`` (the first
 entry is the geometry as given), the last one also as the result's own
 ``energy``/``forces``/``stress`` with its ``positions`` and ``cell``.
+
+With ``"electronic": {"width", "npts", "window"}`` the result also carries
+``"electronic"``: the band gap, direct gap, Fermi level and density of states of the
+converged calculation (see ``_electronic``).
 """
 
 import importlib
@@ -71,6 +75,36 @@ def _band_gap(calc):
     except TypeError:  # ASE without the ``output`` keyword
         gap = bandgap(calc)[0]
     return float(gap)
+
+
+def _electronic(atoms, calc, spec):
+    """Band gaps, Fermi level and density of states of a converged calculation.
+
+    ``spec``: ``{"width": Gaussian broadening (eV), "npts": points, "window": [emin, emax] (eV,
+    relative to the Fermi level)}``.  The gaps are Kohn-Sham gaps on the calculation's own k-point
+    mesh (an upper bound of the gap over the whole Brillouin zone)."""
+    import numpy as np
+    from ase.dft.bandgap import bandgap
+    from ase.dft.dos import DOS
+
+    atoms.get_potential_energy()
+
+    def gap(direct):
+        try:
+            return bandgap(calc, direct=direct, output=None)[0]
+        except TypeError:  # ASE without the ``output`` keyword
+            return bandgap(calc, direct=direct)[0]
+
+    window = spec.get("window") or [-10.0, 6.0]
+    dos = DOS(calc, width=float(spec.get("width", 0.1)), window=(float(window[0]), float(window[1])),
+              npts=int(spec.get("npts", 801)))
+    values = np.asarray(dos.get_dos(), dtype=float)
+    energies = np.asarray(dos.get_energies(), dtype=float)
+    return {"band_gap": float(gap(False)), "band_gap_direct": float(gap(True)),
+            "fermi_level": float(calc.get_fermi_level()),
+            "dos_energies": [round(float(e), 5) for e in energies],
+            "dos": [round(float(v), 6) for v in values],
+            "n_kpoints": int(len(calc.get_ibz_k_points()))}
 
 
 def _gpaw_dense(params, atoms, calc):
@@ -229,6 +263,8 @@ def main(argv):
             result.update(_relax(atoms, relax, "stress" in props))
         else:
             result.update(_labels(atoms, "stress" in props))
+        if request.get("electronic"):
+            result["electronic"] = _electronic(atoms, calc, request["electronic"])
         status = 0
     except Exception as exc:
         kind = "unconverged" if "converg" in type(exc).__name__.lower() or "converg" in str(exc).lower() else "error"

@@ -14,6 +14,7 @@ interpreter with a time limit: GPAW under Debian's ``/usr/bin/python3``.
 from __future__ import annotations
 
 import abc
+import copy
 import json
 import os
 import signal
@@ -84,6 +85,12 @@ class Labeller(abc.ABC):
         return _failure(f"worker lost: {type(exc).__name__}: {exc}", self.method, self.method_info, 0.0,
                         kind="worker-lost")
 
+    def with_electronic(self, width: float = 0.1, npts: int = 801, window=(-10.0, 6.0)) -> "Labeller":
+        """A copy whose labels also carry the electronic structure (``label["electronic"]``: band
+        gap, direct gap, Fermi level, density of states); only first-principles labellers have one."""
+        raise ValidationError(f"the {self.backend or type(self).__name__} labeller computes no electronic "
+                              "structure (use a first-principles labeller: gpaw, vasp, espresso)")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method}>"
 
@@ -127,6 +134,8 @@ class AseLabeller(Labeller):
         #: relax each structure with the calculator itself (``with_relaxation``); not part of the
         #: method: the labels of every ionic step are labels of the same method
         self.relaxation: dict | None = None
+        #: also compute the electronic structure (``with_electronic``)
+        self.electronic: dict | None = None
         self._info = {"name": method or calculator.replace(":", "-").replace(".", "-").lower(),
                       "code": calculator, "version": None, "functional": functional,
                       "cutoff_ev": cutoff_ev, "kpoint_density": kpoint_density,
@@ -147,12 +156,23 @@ class AseLabeller(Labeller):
                             "max_seconds": None if max_seconds is None else float(max_seconds)} if steps else None)
         return self
 
+    def with_electronic(self, width: float = 0.1, npts: int = 801, window=(-10.0, 6.0)) -> "AseLabeller":
+        if not (np.isfinite(width) and width > 0 and int(npts) >= 10 and len(window) == 2
+                and np.isfinite(window).all() and window[0] < window[1]):
+            raise ValidationError("electronic structure needs width > 0, npts >= 10 and a window (emin < emax)")
+        other = copy.copy(self)
+        other.relaxation = None
+        other.electronic = {"width": float(width), "npts": int(npts), "window": [float(window[0]), float(window[1])]}
+        return other
+
     def _label_one(self, atoms) -> dict:
         request = {"calculator": self.calculator, "params": self.params,
                    "atoms": {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
                              "cell": atoms.cell.array.tolist(), "pbc": [bool(x) for x in atoms.pbc]}}
         if self.relaxation:
             request["relax"] = self.relaxation
+        if self.electronic:
+            request["electronic"] = self.electronic
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **self.env}
         if Path(self.python).resolve() != Path(sys.executable).resolve():
             # a foreign interpreter must not see this venv's packages (numpy clash)
@@ -206,6 +226,11 @@ class AseLabeller(Labeller):
                "seconds": round(seconds, 3)}
         if result.get("kpoints"):
             out["kpoints"] = result["kpoints"]  # the mesh used, and the gap that chose it
+        if self.electronic:
+            el = result.get("electronic")
+            if not el or not all(np.isfinite([el["band_gap"], el["band_gap_direct"], el["fermi_level"]])):
+                return _failure("the calculator returned no electronic structure", self.method, info, seconds)
+            out["electronic"] = el
         if result.get("trajectory"):
             out.update(positions=last["positions"], cell=last["cell"], trajectory=trajectory,
                        relax=result.get("relax"))
@@ -301,6 +326,9 @@ class LennardJonesLabeller(AseLabeller):
     def __init__(self, sigma: float = 2.0, epsilon: float = 0.05, rc: float = 5.0, *, timeout: float = 60.0):
         super().__init__("lj", {"sigma": sigma, "epsilon": epsilon, "rc": rc},
                          method=f"lj-s{sigma:g}-e{epsilon:g}", timeout=timeout, functional="lennard-jones")
+
+    def with_electronic(self, width: float = 0.1, npts: int = 801, window=(-10.0, 6.0)):
+        return Labeller.with_electronic(self, width, npts, window)
 
 
 class ForceFieldLabeller(Labeller):
