@@ -143,6 +143,7 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     if plots_m:
         plots.append(plots_m)
     hull_note = "; ".join(n for n in (hull_note, motif_note) if n)
+    analyses_html, analyses_plots = _analyses_section(node, rev, out)
     doc = node.show(rev)
     page = out / "index.html"
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in _table_row(it)) + "</tr>" for it in its)
@@ -155,9 +156,49 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 <p>commit {doc['commit'][:10]} &middot; {doc['frames']} frames, {doc['labelled']} labelled, {doc['entries']} entries,
 {doc['iterations']} iterations &middot; {html.escape(hull_note)}</p>
 <table><tr>{head}</tr>{rows}</table>
-{imgs}</body></html>
+{imgs}{analyses_html}</body></html>
 """)
-    return {"plots": [str(p) for p in plots], "html": str(page)}
+    return {"plots": [str(p) for p in [*plots, *analyses_plots]], "html": str(page)}
+
+
+def _analyses_section(node, rev, out: Path) -> tuple[str, list]:
+    """The stored analyses (stability, transport, electronic) at ``rev``: the page's section (one
+    table of their per-frame columns, then their plots) and the plots."""
+    from . import analyses, electronic, stability, transport
+
+    figs = []
+    p = stability.plot_stored(node, out / "stability.png", rev)
+    if p:
+        figs.append(Path(p))
+    store = analyses.read(node, transport.NAME, rev)
+    if store:
+        figs.append(Path(transport.plot_arrhenius(store, list(store), out / "transport.png")))
+    store = analyses.read(node, electronic.NAME, rev)
+    if store:
+        figs.append(Path(electronic.plot_dos(store, list(store), out / "electronic.png")))
+    if not figs:
+        return "<h2>Analyses</h2><p>none stored (nodestore analyze stability | transport | electronic)</p>", []
+    table = node.table if rev is None else node.table_at(rev)
+    cols = analyses.columns(node, table, rev)
+    names = [c for c in ("min_frequency_thz", "dynamically_stable", "li_ea", "li_ea_err", "li_conductivity_300K",
+                         "band_gap", "band_gap_direct") if c in cols]
+    names += sorted(c for c in cols if c.startswith("g_hull_"))[:4]
+    have = np.zeros(len(table), dtype=bool)
+    for c in names:
+        have |= np.isfinite(cols[c])
+    ids = table.column("frame_id").astype(str)
+    formulas = table.column("formula").astype(str)
+    seen, body = set(), []
+    for r in np.nonzero(have)[0]:
+        if ids[r] in seen:
+            continue
+        seen.add(ids[r])
+        cells = [ids[r][:10], formulas[r], *(_fmt(float(cols[c][r])) for c in names)]
+        body.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("frame", "formula", *names))
+    imgs = "".join(f'<figure><img src="{p.name}" width="480"><figcaption>{p.stem}</figcaption></figure>' for p in figs)
+    return (f"<h2>Analyses</h2><p>stored per frame; query them by name (nodestore query \"band_gap > 1\")</p>"
+            f"<table><tr>{head}</tr>{''.join(body)}</table>{imgs}"), figs
 
 
 def _motif_plot(node, rev, path: Path, plt) -> Path:
@@ -258,10 +299,16 @@ def _fmt(v) -> str:
 
 
 def _frames_axes(ax, ylabel: str, title: str) -> None:
-    ax.set_xscale("log")
+    def positive(get):
+        return any(np.any(np.isfinite(np.asarray(get(ln), dtype=float)) & (np.asarray(get(ln), dtype=float) > 0))
+                   for ln in ax.get_lines())
+
+    # log axes only with something to draw on them (a node without iterations has nothing yet)
+    if positive(lambda ln: ln.get_xdata()) and positive(lambda ln: ln.get_ydata()):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set_xlabel("labelled frames of the method")
     ax.set_ylabel(ylabel)
-    ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")

@@ -299,6 +299,27 @@ def frame_columns(node, rev: str | None = None) -> dict[str, dict[str, float]]:
     return out
 
 
+def plot_stored(node, path, rev: str | None = None) -> str | None:
+    """The stability map of the stored results at ``rev`` (the settings with the most structures);
+    None when there is none or its structures hold no hull."""
+    store = read_cache(node, rev)
+    groups: dict[str, dict] = {}
+    for fid, rec in store.items():
+        if (rec.get("result") or {}).get("pressures"):
+            groups.setdefault(rec["settings"], {})[fid] = rec
+    if not groups:
+        return None
+    recs = max(groups.values(), key=len)
+    doc = next(iter(recs.values())).get("settings_doc") or {}
+    try:
+        settings = StabilitySettings(temperatures=tuple(doc.get("temperatures", ())),
+                                     pressures=tuple(doc.get("pressures", ())))
+        results = {k: r["result"] for k, r in recs.items()}
+        return plot_map(g_hulls(results, settings), results, path)
+    except (ValidationError, TypeError, KeyError, IndexError):
+        return None
+
+
 def _structures(node, table, max_e_hull: float):
     """(frame ids, Atoms): the node's reference phases and its entries within ``max_e_hull`` of
     the hull of the reference method, one row per frame."""

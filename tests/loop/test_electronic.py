@@ -93,3 +93,9 @@ def test_gap_of_an_insulator_and_a_metal_stored_cached_and_queryable(gpaw_node, 
     assert out.returncode == 0 and json.loads(out.stdout)[0]["band_gap"] == pytest.approx(by["Li2S"]["band_gap"])
     out = subprocess.run([*ns, "analyze", "electronic", "--frame", "zzzz"], capture_output=True, text=True)
     assert out.returncode == 2 and "no frame 'zzzz'" in out.stderr and "Traceback" not in out.stderr
+    # the report shows the stored analyses: their table and the DOS plot
+    from nodestore.loop.report import write_report
+
+    rep = write_report(node, tmp_path / "report")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert any(p.endswith("electronic.png") for p in rep["plots"]) and "band_gap" in page and "Li2S" in page
