@@ -89,7 +89,8 @@ def query(ctx, expr, fmt, output, rev):
         return
     recs = table_records(table.read(rows, columns=[c for c in TABLE_COLUMNS]))
     for i, rec in enumerate(recs):  # the analysis columns the expression names, next to the table's
-        rec.update({k: (None if not np.isfinite(v[i]) else float(v[i])) for k, v in shown.items()})
+        rec.update({k: (str(v[i]) if v.dtype.kind in "UO" else None if not np.isfinite(v[i]) else float(v[i]))
+                    for k, v in shown.items()})
     if output and fmt in ("csv", "json"):
         write_frames(table.read(rows), output, fmt)
         click.echo(f"wrote {len(rows)} rows to {output}")

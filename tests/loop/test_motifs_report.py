@@ -38,3 +38,26 @@ def test_cli_without_entries_is_one_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nodestore", "-C", str(tmp_path / "n"), "motifs"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no curated entries" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_motif_columns_in_query_and_the_cli(tmp_path, data_dir):
+    import json
+
+    from nodestore.loop.query import select_rows
+    from nodestore.repo import Node
+
+    node = Node.init("Li-P-S", tmp_path / "n")
+    refs = sorted((data_dir / "structures").glob("*.cif")) + sorted((data_dir / "structures").glob("*.json"))
+    node.import_files(refs, origin="reference", message="refs")
+    t = node.table
+    formula = t.column("formula").astype(str)
+    rows = select_rows(t, "motif_ps4 > 0", node=node)
+    assert sorted(formula[rows]) == ["Li3PS4", "Li3PS4"]  # beta (4 units per cell) and gamma (2)
+    rows = select_rows(t, "motifs == 'PS4 x2'", node=node)
+    assert list(formula[rows]) == ["Li3PS4"] and t.column("n_atoms")[rows[0]] == 16  # gamma, Pmn2_1
+    assert list(formula[select_rows(t, "motif_p > 0 or motif_s > 0", node=node)]) == ["Li3P"]
+    r = subprocess.run([sys.executable, "-m", "nodestore", "-C", str(node.path), "query", "motif_ps4 >= 4",
+                        "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (rec,) = json.loads(r.stdout)
+    assert rec["motif_ps4"] == 4.0 and rec["formula"] == "Li3PS4"
