@@ -43,8 +43,10 @@ sys.path.insert(0, str(ROOT))
 STRUCTURES = ROOT / "nodestore" / "data" / "li-p-s" / "structures"
 DEFAULT_HOLDOUTS = [STRUCTURES / "Li3PS4_gamma_Pmn21.cif", "Li2S_antifluorite"]
 
-#: the search: motif-built thiophosphates, AFLOW prototype substitutions, symmetric pyxtal crystals
+#: the search: cations in the holes of S frameworks, motif-built thiophosphates, AFLOW prototype
+#: substitutions, symmetric pyxtal crystals
 GENERATOR = {"backend": "mixture", "members": [
+    {"backend": "framework", "share": 2, "max_atoms": 24},
     {"backend": "motif", "share": 2, "max_atoms": 24},
     {"backend": "substitution", "share": 1, "library": "aflow", "threshold": 1e-7, "max_sites": 24},
     {"backend": "pyxtal", "share": 1, "max_atoms": 24},

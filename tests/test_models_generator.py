@@ -179,3 +179,67 @@ def test_mixture_splits_by_share_learns_and_round_trips(tmp_path):
     assert back.members[1].probabilities("composition") == pytest.approx(new.members[1].probabilities("composition"))
     with pytest.raises(ValidationError, match="needs members"):
         MixtureGenerator(members=[])
+
+
+def test_framework_holes_of_the_three_anion_lattices():
+    from collections import Counter
+
+    from nodestore.models.generator import FRAMEWORKS, STACKING, framework_holes
+
+    got = {}
+    for name, (cell, frac) in FRAMEWORKS.items():
+        holes = framework_holes(cell, frac, axis=STACKING.get(name))
+        got[name] = Counter(h["coordination"] for h in holes)
+        # unit nearest-neighbour distance: a tetrahedral hole of a close packing is sqrt(3/8) from its anions
+        if name != "bcc":
+            assert {round(h["radius"], 3) for h in holes if h["coordination"] == 4} == {round((3 / 8) ** 0.5, 3)}
+            assert Counter(h["orientation"] for h in holes if h["coordination"] == 4) == {1: 4, -1: 4}
+    # per anion: 2 tetrahedral and 1 octahedral hole in fcc and hcp, 6 tetrahedral in bcc
+    assert got == {"fcc": {4: 8, 6: 4}, "hcp": {4: 8, 6: 4}, "bcc": {4: 12}}
+
+
+def test_framework_generator_builds_thiophosphates_on_anion_lattices_and_reaches_known_phases(tmp_path):
+    from collections import Counter
+
+    from ase.build import bulk
+    from ase.io import read
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from nodestore.chem.motifs import clusters
+    from nodestore.models import registry
+    from nodestore.models.generator import FrameworkGenerator
+
+    gen = registry.create("generator", "framework", seed=0)
+    # the default compositions are the Li(+) P(+5) S(-2) balanced ones
+    assert {"Li2S", "Li3PS4", "Li4P2S7", "Li7PS6"} <= set(gen.compositions)
+    out = gen.sample(40, compositions=["Li3PS4", "Li7PS6", "Li4P2S7", "Li2S"])
+    assert len(out) == 40
+    units = {"Li3PS4": {"PS4"}, "Li7PS6": {"PS4", "S"}, "Li4P2S7": {"P2S7 (corner-sharing)"}, "Li2S": {"S"}}
+    for a in out:
+        c = Counter(a.get_chemical_symbols())
+        assert c["Li"] + 5 * c["P"] == 2 * c["S"] and len(a) <= 24 and min_distance_ok(a, 1.5)
+        assert a.info["generator"] == "framework" and a.info["framework"].split()[0] in ("fcc", "hcp", "bcc")
+        # P sits in tetrahedral holes: the census sees whole thiophosphate anions, never fused ones
+        assert {cl.label for cl in clusters(a)} <= units[a.info["composition"]], (a.info, clusters(a))
+    # the search reaches known phases before any relaxation: antifluorite Li2S (every tetrahedral
+    # hole of fcc S) and gamma-Li3PS4 (P and Li in the T+ holes of hcp S, enargite-like)
+    sm = StructureMatcher()
+    to = AseAtomsAdaptor.get_structure
+    li2s = to(bulk("SLi2", "fluorite", a=5.70))
+    gamma = to(read(str(STRUCTURES / "Li3PS4_gamma_Pmn21.cif")))
+    cands = FrameworkGenerator(seed=1).sample(40, compositions=["Li2S"], conditions={"max_atoms": 12})
+    assert any(sm.fit(to(a), li2s) for a in cands)
+    cands = [a for a in FrameworkGenerator(seed=2).sample(250, compositions=["Li3PS4"], conditions={"max_atoms": 16})
+             if len(a) == 16]
+    hits = [a for a in cands if sm.fit(to(a), gamma)]
+    assert hits and all(a.info["framework"] == "hcp 2x1x1 polar" for a in hits)
+    again = FrameworkGenerator(seed=0).sample(40, compositions=["Li3PS4", "Li7PS6", "Li4P2S7", "Li2S"])
+    np.testing.assert_array_equal(out[7].positions, again[7].positions)
+    gen.save(tmp_path / "f")
+    back = Generator.load(tmp_path / "f")
+    assert type(back) is FrameworkGenerator and back.modes == gen.modes
+    for bad in ({"elements": ["Li", "P", "S", "Cl"]}, {"modes": {"zigzag": 1}}, {"compositions": ["Li2PS4"]},
+                {"framework_weights": {"bcc": -1}}):
+        with pytest.raises(ValidationError):
+            FrameworkGenerator(**bad)

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import random
+from collections import Counter
 from functools import reduce
 from math import gcd
 from pathlib import Path
@@ -623,6 +624,304 @@ class MotifGenerator(PyxtalGenerator):
 
     def _config(self):
         return {**super()._config(), "unit_separation": self.unit_separation}
+
+
+# ---------------------------------------------------------------------- anion frameworks
+#: the anion sublattices: conventional cells (fractional anion sites) of unit nearest-neighbour
+#: distance; hcp in its orthohexagonal cell (a, sqrt(3) a, sqrt(8/3) a)
+FRAMEWORKS = {
+    "fcc": (np.eye(3) * math.sqrt(2), [(0, 0, 0), (0, .5, .5), (.5, 0, .5), (.5, .5, 0)]),
+    "hcp": (np.diag([1.0, math.sqrt(3), math.sqrt(8 / 3)]),
+            [(0, 0, 0), (.5, .5, 0), (0, 1 / 3, .5), (.5, 5 / 6, .5)]),
+    "bcc": (np.eye(3) * 2 / math.sqrt(3), [(0, 0, 0), (.5, .5, .5)]),
+}
+#: the stacking axis of the close-packed layers (Cartesian, in the cells above); a tetrahedral hole
+#: of a close packing points up or down it (T+, T-)
+STACKING = {"fcc": (1.0, 1.0, 1.0), "hcp": (0.0, 0.0, 1.0)}
+#: how the cations fill the holes (see FrameworkGenerator)
+MODES = ("polar", "tetrahedral", "mixed")
+
+
+def framework_holes(cell, frac, tol: float = 0.05, axis=None) -> list[dict]:
+    """The interstitial sites of a periodic anion lattice: the Voronoi vertices of the anions, each
+    with its coordination (the anions within ``1 + tol`` of its nearest: 4 tetrahedral, 6
+    octahedral), its position and its orientation class: with a stacking ``axis`` (close packings),
+    +1 or -1 for a tetrahedron whose apex points up or down it (0 for an octahedron); without one,
+    the set of directions to its anions (holes of one class are translations of each other)."""
+    from scipy.spatial import Voronoi
+
+    cell = np.asarray(cell, float)
+    frac = np.asarray(frac, float) % 1.0
+    shifts = np.array(list(itertools.product((-1, 0, 1), repeat=3)), float)
+    images = (frac[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+    cart = images @ cell
+    inv = np.linalg.inv(cell)
+    holes, seen = [], []
+    for v in Voronoi(cart).vertices:
+        f = v @ inv
+        if np.any(f < -1e-6) or np.any(f >= 1 - 1e-6):
+            continue
+        f = f % 1.0
+        if any(np.linalg.norm(((f - g + 0.5) % 1.0 - 0.5) @ cell) < 1e-3 for g in seen):
+            continue
+        d = (images - f) @ cell  # every periodic image: a small cell holds one anion twice
+        r = np.linalg.norm(d, axis=1)
+        dmin = r.min()
+        near = r <= dmin * (1 + tol)
+        k = int(near.sum())
+        if k not in (4, 6):
+            continue
+        if axis is not None:
+            proj = d[near] @ (np.asarray(axis, float) / np.linalg.norm(axis))
+            # the apex: the one anion off the plane of the other three
+            vals, n_at = np.unique(np.round(proj, 3), return_counts=True)
+            key = 0 if k == 6 or len(vals) != 2 else int(np.sign(vals[n_at == 1][0])) if (n_at == 1).any() else 0
+        else:
+            dirs = np.round(d[near] / r[near, None], 1) + 0.0
+            key = tuple(sorted(map(tuple, dirs.tolist())))
+        seen.append(f)
+        holes.append({"frac": f, "coordination": k,
+                      "anions": tuple(sorted({int(i) % len(frac) for i in np.nonzero(near)[0]})),
+                      "radius": float(dmin), "orientation": key})
+    return holes
+
+
+class FrameworkGenerator(PyxtalGenerator):
+    """Sulfides built on anion frameworks: S in a close-packed (fcc, hcp) or bcc sublattice, P(+5)
+    and Li(+) in its interstitial holes.
+
+    Most thiophosphate solid electrolytes and their binaries are such orderings: antifluorite Li2S
+    fills every tetrahedral hole of fcc S, and the Li3PS4 polymorphs, Li7PS6 and the argyrodites
+    put P and Li in tetrahedral and octahedral holes of close-packed S, Li7P3S11 and LGPS-type
+    structures in the tetrahedral holes of bcc S (Wang et al., Nature Mater. 14, 1026 (2015)).
+    A batch draws (composition, formula units, framework, mode) families without replacement,
+    weighted by the learned composition and Z weights, ``framework_weights`` and ``modes``, so it
+    covers every family before it repeats one.  A candidate takes the most compact supercell of its
+    framework with as many anion sites as it has S, scales it to an S-S distance drawn from
+    ``ss_distance`` (Å; bcc to the same cation-S distance in its tetrahedral holes),
+    puts each P in a tetrahedral hole whose anions no other P uses (isolated PS4 tetrahedra; when
+    the composition has fewer than 4 S per P, two P may share one anion: corner-sharing P2S7), and
+    the Li cations in the remaining tetrahedral and octahedral holes at least ``cation_distance``
+    (times the S-S distance) from every cation.  The holes they may use follow a mode drawn with
+    the odds ``modes``: ``polar``, the tetrahedra of one orientation class (the T+ holes of a close
+    packing: wurtzite- and zincblende-like orderings); ``tetrahedral``, every tetrahedral hole
+    (antifluorite-like); ``mixed``, any hole (octahedral ones with odds ``octahedral``).
+    The compositions are the charge-balanced Li-P-S formulas with P in +5 (Li + 5 P = 2 S); their
+    weights and the formula units are learned as in ``pyxtal``.  The relaxation then shapes the
+    tetrahedra (P-S 2.05 Å against a hole's 0.61 d(S-S)).  Every candidate records its framework
+    and supercell in ``info["framework"]``."""
+
+    backend = "framework"
+
+    def __init__(self, elements: Sequence[str] = ("Li", "P", "S"), compositions: Sequence[str] | None = None,
+                 framework_weights: dict | None = None, ss_distance: Sequence[float] = (3.65, 4.05),
+                 cation_distance: float = 0.6, modes: dict | None = None, octahedral: float = 0.5, **kwargs):
+        if set(elements) - {"Li", "P", "S"} or "S" not in elements:
+            raise ValidationError(f"the framework generator builds Li-P-S sulfides, not {list(elements)}")
+        kwargs.setdefault("spacegroups", [1])
+        kwargs.setdefault("max_atoms", 24)
+        kwargs.setdefault("volume_window", [1.0, 2.0])
+        self.framework_weights = {k: float(v) for k, v in (framework_weights or {k: 1.0 for k in FRAMEWORKS}).items()}
+        unknown = set(self.framework_weights) - set(FRAMEWORKS)
+        if unknown or not self.framework_weights or min(self.framework_weights.values()) < 0:
+            raise ValidationError(f"framework_weights must weigh {sorted(FRAMEWORKS)}, not {framework_weights}")
+        self.ss_distance = [float(x) for x in ss_distance]
+        self.cation_distance, self.octahedral = float(cation_distance), float(octahedral)
+        self.modes = {m: float((modes or {}).get(m, 1.0)) for m in MODES}
+        if set(modes or {}) - set(MODES) or min(self.modes.values()) < 0 or sum(self.modes.values()) <= 0:
+            raise ValidationError(f"modes must weigh {list(MODES)}, not {modes}")
+        if not (0 < self.ss_distance[0] <= self.ss_distance[1]):
+            raise ValidationError("ss_distance must be (min, max) > 0")
+        if not compositions:
+            compositions = [c for c in charge_balanced_compositions(list(elements))
+                            if self._balanced(_parse(c)) and _parse(c).get("S")]
+        super().__init__(elements, compositions, **kwargs)
+        bad = [c for c in self.compositions if not self._balanced(_parse(c))]
+        if bad:
+            raise ValidationError(f"compositions {bad} are not Li(+), P(+5), S(-2) charge balanced")
+        self._holes: dict = {}
+
+    def volume_bounds(self, counts: dict) -> tuple[float, float]:
+        # the framework sets the density (the S-S distance); the window only catches the absurd
+        if self.volume_per_atom is not None:
+            return self.volume_per_atom[0], self.volume_per_atom[1]
+        return 8.0, 60.0
+
+    @staticmethod
+    def _balanced(counts: dict) -> bool:
+        li, p, s = counts.get("Li", 0), counts.get("P", 0), counts.get("S", 0)
+        return s > 0 and li + 5 * p == 2 * s and (p == 0 or s >= 3.5 * p)
+
+    def _supercell(self, rng, name: str, n_anions: int):
+        """The most compact diagonal supercell of framework ``name`` with ``n_anions`` anion sites
+        (the least ratio of its longest to its shortest cell vector; ties drawn at random), or None."""
+        base = len(FRAMEWORKS[name][1])
+        if n_anions % base:
+            return None
+        m = n_anions // base
+        splits = [(a, b, m // (a * b)) for a in range(1, m + 1) if m % a == 0
+                  for b in range(1, m // a + 1) if (m // a) % b == 0]
+        lengths = np.diag(FRAMEWORKS[name][0])
+        aniso = np.array([max(lengths * r) / min(lengths * r) for r in np.array(splits)])
+        best = [sp for sp, x in zip(splits, aniso) if x <= aniso.min() + 1e-9]
+        return best[int(rng.integers(len(best)))]
+
+    def families(self, compositions, max_atoms: int) -> list[tuple]:
+        """Every (composition, formula units, framework, mode) within ``max_atoms`` whose framework
+        has a supercell of the composition's S count, with its weight (the learned composition and
+        Z weights times the framework and mode weights)."""
+        out = []
+        for comp in compositions:
+            counts = _parse(comp)
+            for z in self.z_values:
+                if z * sum(counts.values()) > max_atoms or str(z) not in self.weights["z"]:
+                    continue
+                for fw, wf in self.framework_weights.items():
+                    if wf <= 0 or (z * counts.get("S", 0)) % len(FRAMEWORKS[fw][1]):
+                        continue
+                    for mode in MODES:
+                        w = (self.weights["composition"].get(comp, 1.0) * self.weights["z"][str(z)] * wf
+                             * self.modes[mode])
+                        if w > 0:
+                            out.append(((comp, z, fw, mode), w))
+        return out
+
+    def sample(self, n, compositions=None, conditions=None):
+        """``n`` candidates drawn family by family without replacement (weighted), so that a batch
+        covers the (composition, Z, framework, mode) families before it repeats one."""
+        conditions = dict(conditions or {})
+        max_atoms = int(conditions.get("max_atoms", self.max_atoms))
+        allowed = list(self.compositions)
+        if compositions:
+            allowed = []
+            for c in compositions:
+                c = _formula(_reduce(_parse(c)))
+                if set(_parse(c)) - set(self.elements) or not self._balanced(_parse(c)):
+                    raise ValidationError(f"composition {c} is not a Li(+) P(+5) S(-2) sulfide of {self.elements}")
+                if c not in self.weights["composition"]:
+                    self.weights["composition"][c] = 1.0
+                    self.compositions.append(c)
+                allowed.append(c)
+        fams = self.families(allowed, max_atoms)
+        if not fams:
+            return []
+        rng = np.random.default_rng(self._rng.randrange(2**63))
+        out, attempts, queue = [], 0, []
+        while len(out) < n and attempts < n * self.max_attempts:
+            if not queue:  # a new round: every family once, in a weighted random order
+                keys = rng.random(len(fams)) ** (1.0 / np.array([w for _, w in fams]))
+                queue = [fams[i][0] for i in np.argsort(-keys)]
+            comp, z, fw, mode = queue.pop(0)
+            attempts += 1
+            counts = {el: k * z for el, k in _parse(comp).items()}
+            atoms = self._build(counts, fw, mode, rng)
+            if atoms is None or len(atoms) > max_atoms or not self._distances_ok(atoms):
+                continue
+            atoms.info.update({"generator": self.backend, "composition": comp, "z": z, "spacegroup": 1,
+                               "generator_checkpoint": self.hash or ""})
+            if "target_e_hull" in conditions:
+                atoms.info["target_e_hull"] = float(conditions["target_e_hull"])
+            out.append(atoms)
+        return out
+
+    def _framework(self, name: str, reps: tuple):
+        key = (name, reps)
+        if key not in self._holes:
+            cell0, frac0 = FRAMEWORKS[name]
+            frac = np.array([(np.array(f) + np.array(s)) / np.array(reps)
+                             for s in itertools.product(*[range(r) for r in reps]) for f in frac0])
+            cell = cell0 * np.array(reps)[:, None]
+            self._holes[key] = (cell, frac, framework_holes(cell, frac, axis=STACKING.get(name)))
+        return self._holes[key]
+
+    def _crystal(self, species, numbers, spacegroup):
+        rng = np.random.default_rng(self._rng.randrange(2**63))
+        names = [k for k, w in self.framework_weights.items() if w > 0]
+        w = np.array([self.modes[m] for m in MODES])
+        return self._build(dict(zip(species, numbers)), names[int(rng.integers(len(names)))],
+                           MODES[int(rng.choice(len(MODES), p=w / w.sum()))], rng)
+
+    def _build(self, counts: dict, name: str, mode: str, rng):
+        """One candidate of ``counts`` atoms on framework ``name`` filled in ``mode`` (None: none fits)."""
+        from ase import Atoms
+
+        n_li, n_p, n_s = counts.get("Li", 0), counts.get("P", 0), counts.get("S", 0)
+        if not self._balanced(counts):
+            return None
+        reps = self._supercell(rng, name, n_s)
+        if reps is None:
+            return None
+        cell, frac, holes = self._framework(name, reps)
+        tets = [h for h in holes if h["coordination"] == 4]
+        if len(tets) < n_p or len(holes) < n_p + n_li:
+            return None
+        # the ordering: every cation in one orientation class of tetrahedra (polar: wurtzite- or
+        # zincblende-like), in tetrahedral holes only (antifluorite-like), or in any hole
+        pool = holes
+        if mode == "polar":
+            classes = sorted({h["orientation"] for h in tets}, key=str)
+            cls = classes[int(rng.integers(len(classes)))]
+            pool = [h for h in tets if h["orientation"] == cls]
+        elif mode == "tetrahedral":
+            pool = tets
+        if len(pool) < n_p + n_li:
+            mode, pool = "mixed", holes
+        share = 0 if n_s >= 4 * n_p else 1  # corner-sharing P2S7 below 4 S per P
+        used = Counter()
+        placed: list[tuple[str, np.ndarray]] = []
+        min_cc = self.cation_distance  # in units of the S-S distance (the cell's unit)
+
+        def free(f):
+            return all(np.linalg.norm(((f - g + 0.5) % 1.0 - 0.5) @ cell) >= min_cc for _, g in placed)
+
+        for h in rng.permutation(len(pool)).tolist():
+            if sum(1 for el, _ in placed if el == "P") == n_p:
+                break
+            hole = pool[h]
+            # a tetrahedron of four distinct anions (a thin cell may hold one anion twice), no
+            # anion of another P's (one shared for P2S7)
+            if hole["coordination"] != 4 or len(hole["anions"]) != 4 or any(used[a] > share for a in hole["anions"]) \
+                    or not free(hole["frac"]):
+                continue
+            if share and sum(1 for a in hole["anions"] if used[a]) > share:
+                continue
+            used.update(hole["anions"])
+            placed.append(("P", hole["frac"]))
+        if sum(1 for el, _ in placed if el == "P") < n_p:
+            return None
+        taken = {tuple(np.round(g, 6)) for _, g in placed}
+        rest = [h for h in pool if tuple(np.round(h["frac"], 6)) not in taken]
+        odds = np.array([1.0 if h["coordination"] == 4 else self.octahedral for h in rest])
+        if odds.sum() <= 0:
+            return None
+        order = rng.choice(len(rest), size=len(rest), replace=False, p=odds / odds.sum()) if rest else []
+        n_placed = 0
+        for i in order:
+            if n_placed == n_li:
+                break
+            f = rest[int(i)]["frac"]
+            if free(f):
+                placed.append(("Li", f))
+                n_placed += 1
+        if n_placed < n_li:
+            return None
+        # the S-S distance of a close packing; other frameworks scaled to the same cation-S
+        # distance in their tetrahedral holes (bcc's are 0.645 d(S-S) from their anions, not 0.612)
+        r_tet = min(h["radius"] for h in tets)
+        d_ss = float(rng.uniform(*self.ss_distance)) * math.sqrt(3 / 8) / r_tet
+        symbols = ["S"] * len(frac) + [el for el, _ in placed]
+        positions = np.vstack([frac, [g for _, g in placed]]) if placed else frac
+        atoms = Atoms(symbols, scaled_positions=positions, cell=cell * d_ss, pbc=True)
+        atoms.info["framework"] = f"{name} {'x'.join(map(str, reps))} {mode}"
+        return atoms
+
+    def state(self):
+        return {**super().state(), "framework_weights": self.framework_weights, "ss_distance": self.ss_distance,
+                "cation_distance": self.cation_distance, "modes": self.modes, "octahedral": self.octahedral}
+
+    def _config(self):
+        return {**super()._config(), "framework_weights": self.framework_weights, "ss_distance": self.ss_distance,
+                "modes": self.modes}
 
 
 # ---------------------------------------------------------------------- substitution

@@ -32,6 +32,7 @@ _BUILTIN = {
         "substitution": "nodestore.models.generator:SubstitutionGenerator",
         "random": "nodestore.models.generator:RandomGenerator",
         "motif": "nodestore.models.generator:MotifGenerator",
+        "framework": "nodestore.models.generator:FrameworkGenerator",
         "mixture": "nodestore.models.generator:MixtureGenerator",
     },
     "labeller": {
