@@ -36,17 +36,18 @@ def main():
     import numpy as np
     import torch
     from ase import units
-    from ase.io import read
     from ase.md.bussi import Bussi
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
+    from nodestore.frames.io import read_file
     from nodestore.loop.transport import TransportSettings, run_nvt, supercell
     from nodestore.models.registry import from_config
 
     torch.set_num_threads(args.threads)
     data = Path(__file__).resolve().parents[1] / "nodestore" / "data" / "li-p-s" / "structures"
     cif = sorted(data.glob("*985583*")) or sorted(data.glob("Li3PS4*"))
-    atoms = read(str(cif[0]))
+    atoms = read_file(cif[0])[0]
+    atoms.calc = None
     cfg = {"backend": args.backend}
     if args.pretrained and args.backend in ("sevenn", "chgnet"):
         cfg["pretrained"] = args.pretrained
@@ -59,7 +60,7 @@ def main():
 
     def batched(steps):
         s = TransportSettings(temperatures=tuple(temps), equilibration_ps=0.0, production_ps=steps * 0.002,
-                              sample_every=max(1, steps // 20))
+                              sample_every=1)
         t = time.perf_counter()
         run_nvt(ff, [big] * n, temps, s)
         return time.perf_counter() - t
@@ -74,7 +75,9 @@ def main():
             md.run(steps)
         return time.perf_counter() - t
 
-    warm = max(2, args.steps // 10)
+    if args.steps < 20:
+        ap.error("--steps must be at least 20 (the MD settings need 20 samples)")
+    warm = 20
     batched(warm)
     plain(warm)
     tb = batched(args.steps)

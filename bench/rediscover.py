@@ -6,7 +6,8 @@ A node is built whose every source of known structure leaves the held-out phases
 - the labelled training frames of the force field (the AIMD and Li3PS4 frames shipped with
   nodestore), frame by frame, by the same match;
 - the generator's prototypes: every AFLOW prototype of the substitution generator whose structure
-  type is a held-out phase's (anonymous match) is dropped by its AFLOW label.
+  type is a held-out phase's (anonymous match) is dropped by its AFLOW label.  (The framework
+  generator has no prototypes: it knows the fcc, hcp and bcc lattices and fills their holes.)
 
 Then K iterations of the loop run with the real labeller (GPAW) and force field (the node's
 default), as ``nodestore iterate --run`` runs them.  For each held-out phase the bench reports
@@ -226,6 +227,7 @@ def iteration_rows(node) -> list[dict]:
         met = json.loads((node.path / "loop" / f"iter-{row['iteration']}" / "metrics.json").read_text())
         by = (met.get("sun") or {}).get("by_threshold") or {}
         row["sun"] = {t: (by.get(t) or {}).get("sun") for t in sorted(by, key=float)}
+        row["strategies"] = met.get("strategies") or {}
     return rows
 
 
@@ -299,6 +301,11 @@ def main(argv=None) -> int:
         rmse = r.get("ff_prev_on_new_labels_rmse")
         print(f"{r['iteration']:>9}  {r['candidates'] or 0:>10}  {r['screened'] or 0:>8}  {r['labelled'] or 0:>8}  "
               f"{sun:>23}  {'-' if rmse is None else f'{rmse:.3f}':>12}  {stages}")
+    print("\niteration  strategy      candidates  screened  predicted stable  labelled  confirmed")
+    for r in rows:
+        for name, v in r["strategies"].items():
+            print(f"{r['iteration']:>9}  {name:<12}  {v['candidates']:>10}  {v['screened']:>8}  "
+                  f"{v['predicted_stable']:>16}  {v['labelled']:>8}  {v['confirmed']:>9}")
     print(f"\ntotal {report['total_seconds']:.0f} s (node built in {build_seconds:.0f} s)")
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1, default=float))

@@ -67,6 +67,9 @@ def test_tiny_iteration_end_to_end(loop_node):
     m = json.loads((node.path / "loop/iter-1/metrics.json").read_text())
     assert m["candidates"] >= 1 and m["labelled"] >= 1 and m["hull"] == "ok"
     assert "H_after" in m["entropy"] and m["entropy"]["H_after"] >= m["entropy"]["H_before"]
+    # every candidate names its strategy; the iteration counts what each strategy's candidates became
+    st = m["strategies"]["pyxtal"]
+    assert st["candidates"] == m["candidates"] and st["screened"] == m["screened"] and st["labelled"] == m["labelled"]
     models = node.list_checkpoints()
     assert {m_["kind"] for m_ in models} == {"forcefield", "generator"}
     # the previous force field scored on the labels it had not seen
@@ -128,6 +131,8 @@ def test_tiny_iteration_end_to_end(loop_node):
     rep = write_report(node, node.path / "report")
     assert len(rep["plots"]) >= 4 and all(os.path.getsize(p) > 1000 for p in rep["plots"])
     assert any(p.endswith("motifs.png") for p in rep["plots"])  # the polyanion census of the entries
+    page = (node.path / "report" / "index.html").read_text()
+    assert "Generator strategies" in page and "<td>pyxtal</td>" in page
 
 
 @pytest.mark.parametrize("stage", ["generate", "screen", "label", "train", "curate"])

@@ -179,6 +179,13 @@ def test_mixture_splits_by_share_learns_and_round_trips(tmp_path):
     assert back.members[1].probabilities("composition") == pytest.approx(new.members[1].probabilities("composition"))
     with pytest.raises(ValidationError, match="needs members"):
         MixtureGenerator(members=[])
+    # the shares follow each strategy's yield: random's candidates earned, motif's did not
+    learnt = new.update([{"composition": "Li2S", "z": 1, "spacegroup": 1, "reward": 1.0, "strategy": "random"}] * 3
+                        + [{"composition": "Li3PS4", "z": 1, "spacegroup": 1, "reward": 0.0, "strategy": "motif"}] * 6)
+    assert learnt.shares[1] > new.shares[1] and learnt.shares[0] < new.shares[0]
+    assert sum(learnt.shares) == pytest.approx(sum(new.shares)) and min(learnt.shares) > 0
+    learnt.save(tmp_path / "mix2")
+    assert Generator.load(tmp_path / "mix2").shares == pytest.approx(learnt.shares)
 
 
 def test_framework_holes_of_the_three_anion_lattices():

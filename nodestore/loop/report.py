@@ -156,9 +156,26 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 <p>commit {doc['commit'][:10]} &middot; {doc['frames']} frames, {doc['labelled']} labelled, {doc['entries']} entries,
 {doc['iterations']} iterations &middot; {html.escape(hull_note)}</p>
 <table><tr>{head}</tr>{rows}</table>
+{_strategies_table(its)}
 {imgs}{analyses_html}</body></html>
 """)
     return {"plots": [str(p) for p in [*plots, *analyses_plots]], "html": str(page)}
+
+
+def _strategies_table(its: list[dict]) -> str:
+    """Per iteration and generator strategy: candidates, screened, predicted stable, labelled,
+    confirmed by the label, and the yield (predicted stable per candidate)."""
+    rows = []
+    for it in its:
+        for name, v in (it.get("strategies") or {}).items():
+            cells = [it["iteration"], name, v.get("candidates"), v.get("screened"), v.get("predicted_stable"),
+                     v.get("labelled"), v.get("confirmed"), v.get("yield")]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("iteration", "strategy", "candidates", "screened", "predicted stable",
+                                            "labelled", "confirmed", "yield"))
+    return f"<h2>Generator strategies</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _analyses_section(node, rev, out: Path) -> tuple[str, list]:

@@ -210,8 +210,9 @@ def generate(node, k: int) -> dict:
     model_seconds = time.perf_counter() - t0
     from nodestore.frames import FrameBatch
 
-    for a in images:
-        a.info = {"spacegroup": int(a.info.get("spacegroup", 0)), "source": f"generate@{k}"}
+    for a in images:  # the source names the strategy (the generator backend) that made the candidate
+        strategy = str(a.info.get("generator") or gen.backend)
+        a.info = {"spacegroup": int(a.info.get("spacegroup", 0)), "source": f"generate@{k}/{strategy}"}
     batch = FrameBatch.from_atoms(images, origin="generated", iteration=k)
     with atomic_dir(iter_dir(node, k) / "candidates") as out:
         write_table(out, batch)
@@ -535,13 +536,62 @@ def _outcomes(node, k: int) -> list[dict]:
     out = []
     from pymatgen.core import Composition
 
+    strategy = candidate_strategies(node, k)
+    parents = screened.column("parent_id")
     for r in rows:
         comp = Composition(formula[r])
         z = int(round(n_atoms[r] / comp.num_atoms)) if comp.num_atoms else 1
         reward = 1.0 if np.isfinite(e_hull[r]) and e_hull[r] <= thr else 0.0
-        out.append({"id": screened.column("parent_id")[r], "composition": formula[r], "z": z,
-                    "spacegroup": int(spg[r]) or None, "reward": reward})
+        out.append({"id": parents[r], "composition": formula[r], "z": z,
+                    "spacegroup": int(spg[r]) or None, "reward": reward, "strategy": strategy.get(str(parents[r]))})
     return out
+
+
+def candidate_strategies(node, k: int) -> dict[str, str]:
+    """``{candidate frame id: the strategy (generator backend) that proposed it}`` of iteration k
+    (iterations generated before strategies were recorded give ``{}``)."""
+    cands = read_table(iter_dir(node, k) / "candidates")
+    out = {}
+    for fid, src in zip(cands.column("frame_id").astype(str), cands.column("source").astype(str)):
+        if "/" in src:
+            out[fid] = src.split("/", 1)[1]
+    return out
+
+
+def strategy_yields(node, k: int, screened, labelled, e_hull_of: dict, thr: float) -> dict:
+    """Per strategy: candidates proposed, relaxed by the screen, predicted within ``thr`` of the
+    force field's hull, labelled, and labelled within ``thr`` of the labelled hull
+    (``e_hull_of``: labelled frame id -> E_hull)."""
+    strategy = candidate_strategies(node, k)
+    if not strategy:
+        return {}
+    out: dict[str, dict] = {}
+    for st in strategy.values():
+        out.setdefault(st, {"candidates": 0, "screened": 0, "predicted_stable": 0, "labelled": 0, "confirmed": 0})
+        out[st]["candidates"] += 1
+    relaxed = np.nonzero(screened.column("origin") == "relaxed")[0]
+    of_relaxed = {}
+    ids, parents, eh = screened.column("frame_id").astype(str), screened.column("parent_id").astype(str), \
+        screened.column("e_hull")
+    for r in relaxed:
+        st = strategy.get(parents[r])
+        if st is None:
+            continue
+        of_relaxed[ids[r]] = st
+        out[st]["screened"] += 1
+        out[st]["predicted_stable"] += int(np.isfinite(eh[r]) and eh[r] <= thr)
+    if len(labelled):
+        for fid, par, origin in zip(labelled.column("frame_id").astype(str), labelled.column("parent_id").astype(str),
+                                    labelled.column("origin").astype(str)):
+            st = of_relaxed.get(par)
+            if st is None or origin == "relax-step":
+                continue
+            out[st]["labelled"] += 1
+            e = e_hull_of.get(fid)
+            out[st]["confirmed"] += int(e is not None and np.isfinite(e) and e <= thr)
+    for v in out.values():
+        v["yield"] = round(v["predicted_stable"] / v["candidates"], 4) if v["candidates"] else 0.0
+    return dict(sorted(out.items()))
 
 
 def curate(node, k: int) -> dict:
@@ -623,6 +673,11 @@ def curate(node, k: int) -> dict:
         metrics["entropy"]["delta"] = chem.delta_report(scratch, new_rows, np.arange(n_base))
     # force-field quality against the labels: stability calls and errors on the labelled frames
     metrics["forcefield"] = _ff_quality(scratch, screened, labelled, method, e_hull, window=thr)
+    # what each generator strategy proposed and what came of it
+    lab_ids = set(labelled.column("frame_id").astype(str)) if len(labelled) else set()
+    sids = scratch.column("frame_id").astype(str)
+    metrics["strategies"] = strategy_yields(node, k, screened, labelled,
+                                            {sids[r]: float(e_hull[r]) for r in new_rows if sids[r] in lab_ids}, thr)
     train_path = iter_dir(node, k) / "train.json"
     if train_path.exists():
         metrics["train"] = json.loads(train_path.read_text())

@@ -797,7 +797,7 @@ class FrameworkGenerator(PyxtalGenerator):
             for c in compositions:
                 c = _formula(_reduce(_parse(c)))
                 if set(_parse(c)) - set(self.elements) or not self._balanced(_parse(c)):
-                    raise ValidationError(f"composition {c} is not a Li(+) P(+5) S(-2) sulfide of {self.elements}")
+                    continue  # not a Li(+) P(+5) S(-2) sulfide: another strategy's composition
                 if c not in self.weights["composition"]:
                     self.weights["composition"][c] = 1.0
                     self.compositions.append(c)
@@ -1075,15 +1075,21 @@ class MixtureGenerator(Generator):
     rest are the backend's own settings, ``elements`` passed down), for example motif-built
     thiophosphates, AFLOW prototype substitutions and symmetric pyxtal crystals side by side.
     ``update`` gives every member the outcomes (each learns what it can read from them: the
-    composition tables, the substitution pairs), and the checkpoint holds every member's state.
+    composition tables, the substitution pairs) and moves the shares toward the members whose
+    candidates earned more (each outcome names its ``strategy``, the member's backend; ``share_lr``,
+    a floor of ``share_floor`` times the mean share); the checkpoint holds every member's state.
     """
 
     backend = "mixture"
 
     def __init__(self, members: Sequence[dict] = (), elements: Sequence[str] = ("Li", "P", "S"), seed: int = 0,
-                 _states: Sequence[dict] | None = None):
+                 share_lr: float = 1.0, share_floor: float = 0.25, _states: Sequence[dict] | None = None):
         super().__init__()
         from nodestore.models.registry import registry
+
+        self.share_lr, self.share_floor = float(share_lr), float(share_floor)
+        if not (self.share_lr >= 0 and 0 <= self.share_floor <= 1):
+            raise ValidationError("share_lr must be >= 0 and share_floor in [0, 1]")
 
         if not members:
             raise ValidationError("a mixture generator needs members: [{backend: NAME, share: w, ...}, ...]")
@@ -1133,9 +1139,32 @@ class MixtureGenerator(Generator):
     def _learn(self, outcomes):
         for g in self.members:
             g._learn([dict(o) for o in outcomes])
+        # each member's share follows its yield (mean reward of the outcomes it proposed):
+        # share *= exp(share_lr * (yield - mean yield)), a floor keeping every member alive
+        by: dict[str, list[float]] = {}
+        for o in outcomes:
+            if o.get("strategy"):
+                by.setdefault(str(o["strategy"]), []).append(float(o["reward"]))
+        if not by or self.share_lr <= 0:
+            return
+        names = [g.backend for g in self.members]
+        yields = {n: float(np.mean(by[n])) for n in names if n in by}
+        if len(yields) < 2:
+            return
+        mean = float(np.mean(list(yields.values())))
+        total = sum(self.shares)
+        for i, n in enumerate(names):
+            if n in yields:
+                self.shares[i] *= math.exp(self.share_lr * (yields[n] - mean))
+        scale = total / sum(self.shares)
+        floor = self.share_floor * total / len(self.shares)
+        self.shares = [max(sh * scale, floor) for sh in self.shares]
+        for m, sh in zip(self.members_config, self.shares):
+            m["share"] = round(sh, 6)
 
     def state(self):
         return {"members": self.members_config, "elements": self.elements, "seed": self.seed,
+                "share_lr": self.share_lr, "share_floor": self.share_floor,
                 "_states": [g.state() for g in self.members]}
 
     @classmethod
