@@ -17,7 +17,7 @@ conductivity is Nernst-Einstein's from the tracer diffusivity (a Haven ratio of 
 ``sigma = n q^2 D / (k T)``.
 
 A temperature whose ``D*`` is not resolved from zero (its posterior mean under twice its standard
-deviation, or no displacement beyond vibration) is reported as such and left out of the fit.
+deviation, or a final mean-squared displacement under ``MIN_MSD``: vibration, not diffusion) is reported as such and left out of the fit.
 MD runs at the stored cell (the labeller's volume): NVT, no pressure control.
 """
 
@@ -31,8 +31,11 @@ import numpy as np
 
 from nodestore.errors import ValidationError
 
-VERSION = 1
+VERSION = 2  # 2: a D* is resolved only with a mean-squared displacement beyond MIN_MSD
 NAME = "transport"
+#: the Li mean-squared displacement (Å^2) at the end of the production run below which a D* is
+#: vibration, not diffusion (a Li hop is 2-3 Å; thermal vibration alone gives 0.2-0.6 Å^2)
+MIN_MSD = 1.0
 #: room temperature of the extrapolation (K)
 ROOM = 300.0
 #: Boltzmann constant (eV/K) and elementary charge (C), CODATA
@@ -226,7 +229,7 @@ def diffusivity(atoms, positions, settings: TransportSettings, n_keep: int = 400
     mean, std = float(values.mean()), float(values.std())
     return {"d_mean": mean, "d_std": std, "d_samples": values[keep].tolist(),
             "msd_time_ps": (t[idx] / 1000).tolist(), "msd": msd[idx].tolist(), "msd_final": float(msd[-1]),
-            "resolved": bool(mean > 2 * std and mean > 0)}
+            "resolved": bool(mean > 2 * std and mean > 0 and float(msd[-1]) >= MIN_MSD)}
 
 
 def conductivity(atoms, d_cm2_s: float, temperature: float, specie: str = "Li") -> float:
