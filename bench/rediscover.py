@@ -240,6 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=int)
     ap.add_argument("--labels", type=int)
     ap.add_argument("--steps", type=int, help="force-field relaxation steps per candidate")
+    ap.add_argument("--stop-when-found", action="store_true",
+                    help="stop after the iteration in which every held-out phase has been found")
     ap.add_argument("--generator", default=None, help="a generator config as JSON (default: the mixture)")
     ap.add_argument("--labeller", default=None, help="a labeller backend instead of gpaw (lj: a fast dry run)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "nodestore-rediscover"))
@@ -277,6 +279,9 @@ def main(argv=None) -> int:
         for rec in find(node, holdouts, matcher):
             if rec["found"] and rec["phase"] not in found_at:
                 found_at[rec["phase"]] = k
+        if a.stop_when_found and len(found_at) == len(holdouts):
+            print(f"[rediscover] every held-out phase found by iteration {k}: stopping", flush=True)
+            break
     rows = iteration_rows(node)
     found = find(node, holdouts, matcher)
     for rec in found:
@@ -284,7 +289,7 @@ def main(argv=None) -> int:
         if k is not None:
             rec["candidates_until"] = int(sum(r["candidates"] or 0 for r in rows if r["iteration"] <= k))
             rec["labels_until"] = int(sum(r["labelled"] or 0 for r in rows if r["iteration"] <= k))
-    report = {"holdouts": [n for n, _ in holdouts], "size": size, "generator": generator, "removed": removed,
+    report = {"holdouts": [n for n, _ in holdouts], "size": size, "iterations_run": len(rows), "generator": generator, "removed": removed,
               "build_seconds": round(build_seconds, 1), "found": found, "iterations": rows,
               "total_seconds": round(time.perf_counter() - t_all, 1)}
     print("\nheld-out phase        found  screened@k  E_hull(FF)  labelled@k  E_hull(label)  entry  candidates  labels")

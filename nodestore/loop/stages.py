@@ -348,17 +348,55 @@ def select(node, k: int) -> dict:
         # means are those of one call per candidate, with the reference described once
         return list(delta_entropy(screened.to_atoms(rows), ref).per_structure)
 
-    chosen, reasons = choose(screened.column("origin"), screened.column("e_hull"), screened.column("n_atoms"),
-                             screened.column("formula"), screened.column("spacegroup"), p, novelty)
+    origin, e_hull = screened.column("origin"), screened.column("e_hull")
+    duplicate = relaxed_duplicates(node, k, screened) if p.get("skip_duplicates", True) else None
+    chosen, reasons = choose(origin, e_hull, screened.column("n_atoms"),
+                             screened.column("formula"), screened.column("spacegroup"), p, novelty,
+                             duplicate=duplicate)
     batch = screened.read(chosen) if chosen else screened.read([])
+    n_dup = {"known": 0, "repeat": 0}
+    if duplicate is not None:
+        n_dup = {"known": int(sum(d == "known" for d in duplicate)), "repeat": int(sum(d == "repeat" for d in duplicate))}
     with atomic_dir(iter_dir(node, k) / "selected") as out:
         write_table(out, batch)
         (out / "select.json").write_text(json.dumps(
             [{"frame_id": batch["frame_id"][i], "reason": reasons[r]} for i, r in enumerate(chosen)], indent=1))
-    return {"selected": len(chosen)}
+        (out / "duplicates.json").write_text(json.dumps(n_dup))
+    return {"selected": len(chosen), "relaxed_into_known": n_dup["known"], "relaxed_into_repeat": n_dup["repeat"]}
 
 
-def choose(origin, e_hull, n_atoms, formula, spg, p: dict, novelty) -> tuple[list[int], dict[int, str]]:
+def relaxed_duplicates(node, k: int, screened) -> np.ndarray:
+    """Per screened row: ``"known"`` where the relaxed structure is a node entry or reference
+    phase, ``"repeat"`` where it is the same crystal as a relaxed candidate of lower E_hull, else
+    ``""``.  The screen drops duplicates before relaxing; candidates that relax into the same
+    minimum (or into a phase the node holds) only show up after it, and a label spent on one of
+    them teaches nothing a label already taught."""
+    from nodestore.chem.matcher import Matcher, PreparedCache
+
+    origin, e_hull = screened.column("origin"), screened.column("e_hull")
+    out = np.array([""] * len(origin), dtype=object)
+    rows = np.nonzero((origin == "relaxed") & np.isfinite(e_hull))[0]
+    if not len(rows):
+        return out
+    rows = rows[np.argsort(e_hull[rows], kind="stable")]
+    matcher = Matcher(**_match_params(node))
+    prepared = matcher.prepare(screened.structures(rows))
+    rep = matcher.dedup(prepared)
+    out[rows[rep >= 0]] = "repeat"
+    table = snapshot_table(node, iteration_item(node, k)["prev"])
+    known_rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
+    firsts = np.nonzero(rep < 0)[0]
+    if len(known_rows) and len(firsts):
+        known_ids = table.column("frame_id")[known_rows].astype(str).tolist()
+        known = PreparedCache(prepared_cache(node)).prepare(matcher, known_ids,
+                                                            lambda pos: table.structures(known_rows[pos]))
+        hits = matcher.match([prepared[i] for i in firsts], known)
+        out[rows[firsts[hits >= 0]]] = "known"
+    return out
+
+
+def choose(origin, e_hull, n_atoms, formula, spg, p: dict, novelty,
+           duplicate=None) -> tuple[list[int], dict[int, str]]:
     """Rows of the screened table to label, with the reason for each.
 
     Among the relaxed candidates with a finite E_hull of at most ``max_e_hull`` (0.5 eV/atom; null:
@@ -368,9 +406,14 @@ def choose(origin, e_hull, n_atoms, formula, spg, p: dict, novelty) -> tuple[lis
     screen puts at most ``uncertain_max_e_hull`` above the hull (among all the rest when none is).
     A structure far above the hull cannot change a stability call whatever its label says, and
     the force field's largest errors are there: a label spent on it teaches the screen least.
+    ``duplicate`` (per row, non-empty for a relaxed structure the node holds already or that
+    repeats a lower candidate; ``relaxed_duplicates``): such rows are never chosen.
     """
     # structures stopped by a relaxation guard have no E_hull: never spend a label on them
-    rows = np.nonzero((origin == "relaxed") & np.isfinite(e_hull))[0]
+    ok = (origin == "relaxed") & np.isfinite(e_hull)
+    if duplicate is not None:
+        ok &= np.asarray([not d for d in duplicate], dtype=bool)
+    rows = np.nonzero(ok)[0]
     rows = rows[n_atoms[rows] <= int(p.get("max_atoms", 32))]
     # a label on a structure far above the hull is spent where no stability call can change
     cap = p.get("max_e_hull", 0.5)

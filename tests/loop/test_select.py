@@ -49,3 +49,43 @@ def test_no_label_goes_far_above_the_hull():
     assert sorted(chosen) == [0, 1, 2]
     chosen, _ = choose(*cols, {**p, "max_e_hull": None}, lambda rows: [float(r) for r in rows])
     assert len(chosen) == 6
+
+
+def test_duplicates_after_relaxation_are_never_chosen():
+    # row 0 relaxed into a reference phase, row 2 into row 1's crystal: both skipped
+    cols = _screened([0.0, 0.01, 0.02, 0.05, 0.1])
+    dup = np.array(["known", "", "repeat", "", ""], dtype=object)
+    p = {"n_lowest": 2, "n_diverse": 0, "n_uncertain": 1, "uncertain_max_e_hull": 0.3}
+    chosen, reasons = choose(*cols, p, lambda rows: [float(r) for r in rows], duplicate=dup)
+    assert chosen == [1, 3, 4]
+    assert reasons[1] == "lowest e_hull" and reasons[4].startswith("uncertain")
+
+
+def test_relaxed_duplicates_of_the_node_and_of_each_other(stability_node):
+    """On a real node: a relaxed candidate that is a reference phase (as a supercell) is "known";
+    the second of two copies of one new crystal is a "repeat" of the lower one."""
+    from ase.build import bulk
+
+    from nodestore.frames import FrameBatch
+    from nodestore.loop.iterate import iterate
+    from nodestore.loop.stages import iter_dir, relaxed_duplicates, snapshot_table, write_table
+
+    node = stability_node
+    iterate(node)  # iteration 1 set up: iter-0's table pinned
+    table = snapshot_table(node, 0)
+    ref = np.nonzero(table.column("origin") == "reference")[0][0]
+    known = table.to_atoms([int(ref)])[0].repeat((2, 1, 1))
+    new = bulk("Li", "fcc", a=4.3)  # not among the references (the node's Li is bcc)
+    moved = new.copy()
+    moved.translate([0.3, 0.1, 0.2])
+    images = [known, new, moved]
+    for a in images:
+        a.info = {"origin": "relaxed", "source": "screen@1", "spacegroup": 0}
+    batch = FrameBatch.from_atoms(images, method="ff:test", iteration=1, checkpoint="")
+    batch = batch.with_columns(e_hull=np.array([0.0, 0.05, 0.01]), e_form=np.zeros(3))
+    write_table(iter_dir(node, 1) / "screened_test", batch)
+    from nodestore.loop.stages import read_table
+
+    dup = relaxed_duplicates(node, 1, read_table(iter_dir(node, 1) / "screened_test"))
+    # the translated copy has the lower E_hull: it is kept, the other is the repeat
+    assert list(dup) == ["known", "repeat", ""]
