@@ -163,6 +163,7 @@ def run_nvt(ff, systems, temperatures, settings: TransportSettings, progress: bo
     f, e = forces()
     samples = [[] for _ in cells]
     kin_sum = np.zeros(len(cells))
+    kin_trace = np.zeros((len(cells), n_prod))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -188,6 +189,7 @@ def run_nvt(ff, systems, temperatures, settings: TransportSettings, progress: bo
             record(step, e, kin)
         if step >= n_eq:
             kin_sum += kin
+            kin_trace[:, step - n_eq] = kin
             if (step - n_eq) % every == 0:
                 for i in range(len(cells)):
                     samples[i].append(wrapped(i))
@@ -197,9 +199,26 @@ def run_nvt(ff, systems, temperatures, settings: TransportSettings, progress: bo
         bar.close()
     for i in range(len(cells)):
         samples[i].append(wrapped(i))
+    to_kelvin = [2 / (nd * units.kB) for nd in ndof]
     return [{"positions": np.array(samples[i]), "steps": total,
-             "temperature": float(2 * kin_sum[i] / max(n_prod, 1) / (ndof[i] * units.kB))}
+             "temperature": float(kin_sum[i] / max(n_prod, 1) * to_kelvin[i]),
+             "temperature_sem": blocking_sem(kin_trace[i] * to_kelvin[i])}
             for i in range(len(cells))]
+
+
+def blocking_sem(x) -> float:
+    """Standard error of the mean of a correlated series by Flyvbjerg-Petersen blocking: the
+    series is halved by averaging neighbours until fewer than 16 blocks are left, and the
+    largest naive standard error over the levels is taken (it grows until the blocks are longer
+    than the correlation time).  NaN for fewer than 16 points."""
+    x = np.asarray(x, dtype=float)
+    best = float("nan")
+    while len(x) >= 16:
+        se = float(np.std(x, ddof=1) / np.sqrt(len(x)))
+        best = se if not np.isfinite(best) else max(best, se)
+        n = len(x) // 2 * 2
+        x = 0.5 * (x[:n:2] + x[1:n:2])
+    return best
 
 
 # ---------------------------------------------------------------------- statistics
@@ -282,6 +301,9 @@ def transport_of(ff, atoms, settings: TransportSettings, progress: bool = False)
         d = diffusivity(big, run["positions"], settings)
         d["temperature"] = t
         d["md_temperature"] = run["temperature"]
+        # the kinetic temperature's standard error (blocking): a mean several of these away from
+        # the target is a thermostat or force-field problem, not the small cell's fluctuations
+        d["md_temperature_sem"] = run["temperature_sem"]
         d["sigma_s_cm"] = conductivity(big, d["d_mean"], t, settings.specie)
         temps.append(d)
     resolved = [d for d in temps if d["resolved"]]

@@ -34,6 +34,10 @@ def test_bussi_thermostat_holds_each_system_at_its_temperature_and_nve_conserves
     assert runs[0]["temperature"] == pytest.approx(400, rel=0.1)
     assert runs[1]["temperature"] == pytest.approx(900, rel=0.1)
     assert runs[0]["positions"].shape == (s.n_samples + 1, 96, 3)
+    # the blocking standard error: positive, and the mean within 4 of it of the target
+    for run, t in zip(runs, (400.0, 900.0)):
+        assert 0 < run["temperature_sem"] < 0.1 * t
+        assert abs(run["temperature"] - t) < 4 * run["temperature_sem"] + 0.02 * t
     # without the thermostat, velocity Verlet conserves the total energy
     total = []
     nve = TransportSettings(temperatures=(300,), equilibration_ps=0, production_ps=0.4, timestep_fs=1.0)
@@ -41,6 +45,21 @@ def test_bussi_thermostat_holds_each_system_at_its_temperature_and_nve_conserves
             record=lambda step, e, kin: total.append(e[0] + kin[0]))
     drift = (max(total) - min(total)) / 12
     assert drift < 2e-3  # eV/atom over 400 steps
+
+
+def test_blocking_sem_sees_the_correlation_that_the_naive_error_misses():
+    from nodestore.loop.transport import blocking_sem
+
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal(4096)
+    assert blocking_sem(white) == pytest.approx(1 / 64, rel=0.3)
+    # an AR(1) series with correlation time ~50 steps: the naive error is ~10x too small
+    ar = np.zeros(4096)
+    for i in range(1, 4096):
+        ar[i] = 0.98 * ar[i - 1] + rng.standard_normal()
+    naive = ar.std(ddof=1) / 64
+    assert blocking_sem(ar) > 4 * naive
+    assert np.isnan(blocking_sem([1.0] * 10))
 
 
 def test_kinisi_recovers_the_diffusivity_of_a_random_walk():
