@@ -457,8 +457,7 @@ def _relink(node, files) -> None:
 def _check_remote(node, rep: _Report, remote: str) -> None:
     import pygit2
 
-    from . import dvc
-    from .remote import _dvc_url, _git_remote, _local_path, _remote_heads, commit_objects
+    from .remote import _dvc_url, _git_remote, _local_path, _remote_heads, local_remote_objects
 
     repo = node.git
     git_remote = _git_remote(node, remote)
@@ -482,27 +481,19 @@ def _check_remote(node, rep: _Report, remote: str) -> None:
     objects = _local_path(_dvc_url(node, remote) or "")
     if objects is None:
         return  # a network remote: its objects are checked when fetched
-    base = objects / "files" / "md5"
+    branches = {}
     for ref, oid in heads.items():
-        if not ref.startswith("refs/heads/") or oid not in repo:
-            continue
-        commit = repo[oid].peel(pygit2.Commit)
-        for md5, label in commit_objects(node.path, repo, commit):
-            names = [(md5, label)]
-            f = base / md5[:2] / md5[2:]
-            if f.exists() and md5.endswith(".dir") and dvc.file_md5(f) == md5.removesuffix(".dir"):
-                import json
-
-                names += [(e["md5"], f"{label}/{e['relpath']}") for e in json.loads(f.read_text())]
-            for m, lab in names:
-                g = base / m[:2] / m[2:]
-                rep.checked += 1
-                if not g.exists():
-                    rep.add("remote", m, f"{remote} lacks object {m} ({lab}) of {ref.removeprefix('refs/heads/')}",
-                            f"`nodestore push {remote}` from a node that holds it")
-                elif dvc.file_md5(g) != m.removesuffix(".dir"):
-                    rep.add("remote", m, f"object {m} ({lab}) on {remote} is corrupted",
-                            f"delete {g} and `nodestore push {remote}` from a node that holds it intact")
+        if ref.startswith("refs/heads/") and oid in repo:
+            branches[repo[oid].peel(pygit2.Commit).id] = ref.removeprefix("refs/heads/")
+    commits = [repo[c] for c in branches]
+    for m, lab, g, problem, c in local_remote_objects(node, objects, commits, verify=True):
+        rep.checked += 1
+        if problem == "missing":
+            rep.add("remote", m, f"{remote} lacks object {m} ({lab}) of {branches[c.id]}",
+                    f"`nodestore push {remote}` from a node that holds it")
+        elif problem == "corrupted":
+            rep.add("remote", m, f"object {m} ({lab}) on {remote} is corrupted",
+                    f"delete {g} and `nodestore push {remote}` from a node that holds it intact")
 
 
 # -- repair ----------------------------------------------------------------------------

@@ -369,50 +369,84 @@ def push(node, remote: str = "origin", branch: str | None = None) -> dict:
             "refs": [s.split(":", 1)[1] for s in specs], "tags_skipped": tags_skipped}
 
 
-def complete_local_remote(node, objects: Path, commits) -> int:
-    """Make sure the local DVC remote at ``objects`` holds every object of ``commits``: each one
-    missing there, or a ``.dir`` listing whose content is not its hash, is copied from the local
-    cache (verified already) through a temporary file and a rename.  Returns the objects copied."""
+def local_remote_objects(node, objects: Path, commits, verify: bool = False, repair=None):
+    """Walk every object of ``commits`` on the local DVC remote at ``objects``, each once: the
+    objects the commits name, then the entries of each ``.dir`` listing among them.  Yields
+    ``(md5, label, path on the remote, problem, commit)``, where problem is ``None``,
+    ``"missing"`` or ``"corrupted"``.  A listing is always checked against its hash (its entries
+    are read from it); every other object only with ``verify``.  ``repair(md5, label, path)``,
+    when given, is called for an object with a problem before its listing is read, and the walk
+    goes on as if it had been there intact (what push does; fsck reports instead).  The one walk
+    of push's ``complete_local_remote`` and of ``fsck --remote``."""
     import json
-    import tempfile
 
     from . import dvc
 
     base = objects / "files" / "md5"
-    copied, seen = 0, set()
+    seen: set[str] = set()
 
-    def ensure(md5: str, label: str) -> Path:
-        nonlocal copied
-        dst = base / md5[:2] / md5[2:]
-        ok = dst.exists() and (not md5.endswith(".dir") or dvc.file_md5(dst) == md5.removesuffix(".dir"))
-        if not ok:
-            src = dvc.cache_file(node.path, md5)
-            if not src.exists():
-                raise IntegrityError(f"object {md5} ({label}) is neither on the remote nor in the local cache; "
-                                     "nothing was moved on the remote")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-            os.close(fd)
-            try:
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dst)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            copied += 1
-        return dst
+    def problem_of(md5: str, path: Path):
+        if not path.exists():
+            return "missing"
+        if (verify or md5.endswith(".dir")) and dvc.file_md5(path) != md5.removesuffix(".dir"):
+            return "corrupted"
+        return None
+
+    def visit(md5: str, label: str):
+        path = base / md5[:2] / md5[2:]
+        problem = problem_of(md5, path)
+        if problem and repair is not None:
+            repair(md5, label, path)
+            problem = None
+        return path, problem
 
     for c in commits:
         for md5, label in commit_objects(node.path, node.git, c):
             if md5 in seen:
                 continue
             seen.add(md5)
-            dst = ensure(md5, label)
-            if md5.endswith(".dir"):
-                for e in json.loads(dst.read_text()):
-                    if e["md5"] not in seen:
-                        seen.add(e["md5"])
-                        ensure(e["md5"], f"{label}/{e['relpath']}")
+            path, problem = visit(md5, label)
+            yield md5, label, path, problem, c
+            if not md5.endswith(".dir") or problem is not None:
+                continue
+            for e in json.loads(path.read_text()):
+                if e["md5"] in seen:
+                    continue
+                seen.add(e["md5"])
+                sub = f"{label}/{e['relpath']}"
+                epath, eproblem = visit(e["md5"], sub)
+                yield e["md5"], sub, epath, eproblem, c
+
+
+def complete_local_remote(node, objects: Path, commits) -> int:
+    """Make sure the local DVC remote at ``objects`` holds every object of ``commits``: each one
+    missing there, or a ``.dir`` listing whose content is not its hash, is copied from the local
+    cache (verified already) through a temporary file and a rename.  Returns the objects copied."""
+    import tempfile
+
+    from . import dvc
+
+    copied = 0
+
+    def copy(md5: str, label: str, dst: Path) -> None:
+        nonlocal copied
+        src = dvc.cache_file(node.path, md5)
+        if not src.exists():
+            raise IntegrityError(f"object {md5} ({label}) is neither on the remote nor in the local cache; "
+                                 "nothing was moved on the remote")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        copied += 1
+
+    for _ in local_remote_objects(node, objects, commits, repair=copy):
+        pass
     return copied
 
 
