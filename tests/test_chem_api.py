@@ -155,3 +155,25 @@ def test_query(table):
 def test_query_rejects(table, expr):
     with pytest.raises(ValidationError, match="query"):
         api.query(table, expr)
+
+
+def test_classify_priority_lets_a_label_represent_its_crystal(tmp_path):
+    """A force field's prediction of a crystal sits lower on its own hull than the crystal's label
+    on the labeller's: by energy alone the prediction would represent it, with priority the label."""
+    from ase.build import bulk
+
+    t = FrameTable.create(tmp_path / "table")
+    a = bulk("SLi2", "fluorite", a=5.70)
+    b = a.copy()
+    b.translate([0.2, 0.1, 0.0])
+    for atoms, e in ((a, -12.0), (b, -11.0)):
+        atoms.info["energy"] = e
+    t.append(FrameBatch.from_atoms([a], method="ff:sevenn", origin="relaxed", iteration=1))
+    t.append(FrameBatch.from_atoms([b], method="gpaw-pbe", origin="labelled", iteration=1))
+    t.annotate(t.row_keys().tolist(), {"e_hull": np.array([0.0, 0.02]), "e_form": np.zeros(2)})
+    keys, cols = api.classify_table(t)
+    assert [bool(x) for x in cols["is_entry"]] == [True, False]
+    predicted = np.array([m.startswith("ff:") for m in t.column("method")], dtype=float)
+    keys, cols = api.classify_table(t, priority=predicted)
+    assert [bool(x) for x in cols["is_entry"]] == [False, True]
+    assert cols["duplicate_of"][0] == t.column("frame_id")[1]

@@ -83,7 +83,7 @@ def _one_row_per_frame(table, rows=None) -> np.ndarray:
 
 
 def classify_table(table, reference_atoms: Sequence | None = None, params: dict | None = None, rows=None,
-                   cache=None, keep_spacegroups: bool = False, settled=None):
+                   cache=None, keep_spacegroups: bool = False, settled=None, priority=None):
     """Curate entries: dedup, novelty class, fingerprint, space group, chemical validity.
 
     One structure per frame id is considered (``rows`` restricts them).  They
@@ -104,6 +104,9 @@ def classify_table(table, reference_atoms: Sequence | None = None, params: dict 
     Chemical validity depends on the composition only and is computed once per formula.
     ``settled`` (a boolean per table row): rows known to be distinct entries already (the node's
     entries before an iteration); see ``Matcher.dedup``.
+    ``priority`` (a number per table row, lower first): ordered before the energy, so that, for
+    example, a crystal's first-principles label represents it rather than a force field's
+    prediction of the same crystal (whose E_hull, on another method's hull, may be lower).
 
     Returns ``(keys, columns)``: row keys (every method's row of each frame)
     and a dict of mutable column values, ready for ``table.annotate(keys, columns)``.
@@ -123,7 +126,8 @@ def classify_table(table, reference_atoms: Sequence | None = None, params: dict 
     e_atom = table.column("energy")[picked] / np.maximum(table.column("n_atoms")[picked], 1)
     key1 = np.where(np.isfinite(e_hull), e_hull, np.inf)
     key2 = np.where(np.isfinite(e_atom), e_atom, np.inf)
-    order = np.lexsort((np.arange(len(picked)), key2, key1))
+    key0 = np.zeros(len(picked)) if priority is None else np.asarray(priority, dtype=float)[picked]
+    order = np.lexsort((np.arange(len(picked)), key2, key1, key0))
     ordered = picked[order]
     loaded: dict[int, object] = {}
 

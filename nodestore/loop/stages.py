@@ -693,7 +693,8 @@ def curate(node, k: int) -> dict:
 
     ckeys, ccols = chem.classify_table(scratch, reference_atoms=node_references(node, scratch),
                                        params=_match_params(node), rows=cand, cache=prepared_cache(node),
-                                       keep_spacegroups=True, settled=settled)
+                                       keep_spacegroups=True, settled=settled,
+                                       priority=is_ff.astype(float))  # a label represents its crystal
     scratch.annotate(ckeys, ccols)
     thr = float(section(node.params, "curate").get("stable_threshold", 0.1))
     with tempfile.TemporaryDirectory(prefix="nodestore-curate-") as tmp:
