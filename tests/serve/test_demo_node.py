@@ -17,7 +17,7 @@ def test_optimade_validator_on_the_demo_node(tmp_path):
 
     path = tmp_path / "demo" / "Li-P-S"
     r = subprocess.run([sys.executable, "-m", "nodestore", "demo", "--path", str(path), "--iterations", "1",
-                        "--labeller", "lj"], capture_output=True, text=True, timeout=1500)
+                        "--labeller", "lj"], capture_output=True, text=True, timeout=3000)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     with serving(path) as base:
         v = ImplementationValidator(base_url=base, verbosity=-1)
