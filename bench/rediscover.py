@@ -41,17 +41,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nodestore.loop.demo import search_generator  # noqa: E402  (after the path: a checkout runs it)
+
 STRUCTURES = ROOT / "nodestore" / "data" / "li-p-s" / "structures"
 DEFAULT_HOLDOUTS = [STRUCTURES / "Li3PS4_gamma_Pmn21.cif", "Li2S_antifluorite"]
 
 #: the search: cations in the holes of S frameworks, motif-built thiophosphates, AFLOW prototype
-#: substitutions, symmetric pyxtal crystals
-GENERATOR = {"backend": "mixture", "members": [
-    {"backend": "framework", "share": 2, "max_atoms": 24},
-    {"backend": "motif", "share": 2, "max_atoms": 24},
-    {"backend": "substitution", "share": 1, "library": "aflow", "threshold": 1e-7, "max_sites": 24},
-    {"backend": "pyxtal", "share": 1, "max_atoms": 24},
-]}
+#: substitutions, symmetric pyxtal crystals (the demo's, at 24 atoms)
+GENERATOR = search_generator(24)
 
 
 def sizes(quick: bool, a) -> dict:

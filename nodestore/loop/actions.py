@@ -210,7 +210,9 @@ def classify_node(node, message: str | None = None, all_rows: bool = False) -> d
         else:
             # entries are decided among all candidates at once: dedup needs the whole set
             # a crystal's label, not a force field's prediction of it, represents it
-            predicted = np.array([m.startswith("ff:") for m in table.column("method")], dtype=float)
+            from .stages import FF_PREFIX
+
+            predicted = np.array([m.startswith(FF_PREFIX) for m in table.column("method")], dtype=float)
             keys, cols = classify_table(table, reference_atoms=node_references(node, table), params=_match(node), rows=rows,
                                         cache=node.state_dir / "cache" / "prepared", priority=predicted)
             tx.annotate(keys, cols)

@@ -236,14 +236,7 @@ def screen(node, k: int) -> dict:
     images = cands.to_atoms()
     # duplicates among the candidates and of the node's entries are dropped before relaxing
     matcher = Matcher(**_match_params(node))
-    known_rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
-    known = []
-    if len(known_rows):
-        from nodestore.chem.matcher import PreparedCache
-
-        known_ids = table.column("frame_id")[known_rows].astype(str).tolist()
-        known = PreparedCache(prepared_cache(node)).prepare(matcher, known_ids,
-                                                            lambda pos: table.structures(known_rows[pos]))
+    known = known_prepared(node, table, matcher)
     structures = cands.structures()
     keep = _not_duplicates(matcher, structures, known)
     images = [images[i] for i in keep]
@@ -308,6 +301,18 @@ def prepared_cache(node) -> Path:
     return node.state_dir / "cache" / "prepared"
 
 
+def known_prepared(node, table, matcher) -> list:
+    """The matcher's reductions of ``table``'s entries and reference phases (what a candidate
+    must not duplicate), through the node's prepared cache."""
+    from nodestore.chem.matcher import PreparedCache
+
+    rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
+    if not len(rows):
+        return []
+    ids = table.column("frame_id")[rows].astype(str).tolist()
+    return PreparedCache(prepared_cache(node)).prepare(matcher, ids, lambda pos: table.structures(rows[pos]))
+
+
 def _match_params(node) -> dict:
     m = section(node.params, "match")
     return {k: float(m[k]) for k in ("ltol", "stol", "angle_tol") if k in m}
@@ -348,9 +353,8 @@ def select(node, k: int) -> dict:
         # means are those of one call per candidate, with the reference described once
         return list(delta_entropy(screened.to_atoms(rows), ref).per_structure)
 
-    origin, e_hull = screened.column("origin"), screened.column("e_hull")
     duplicate = relaxed_duplicates(node, k, screened) if p.get("skip_duplicates", True) else None
-    chosen, reasons = choose(origin, e_hull, screened.column("n_atoms"),
+    chosen, reasons = choose(screened.column("origin"), screened.column("e_hull"), screened.column("n_atoms"),
                              screened.column("formula"), screened.column("spacegroup"), p, novelty,
                              duplicate=duplicate)
     batch = screened.read(chosen) if chosen else screened.read([])
@@ -371,7 +375,7 @@ def relaxed_duplicates(node, k: int, screened) -> np.ndarray:
     ``""``.  The screen drops duplicates before relaxing; candidates that relax into the same
     minimum (or into a phase the node holds) only show up after it, and a label spent on one of
     them teaches nothing a label already taught."""
-    from nodestore.chem.matcher import Matcher, PreparedCache
+    from nodestore.chem.matcher import Matcher
 
     origin, e_hull = screened.column("origin"), screened.column("e_hull")
     out = np.array([""] * len(origin), dtype=object)
@@ -383,13 +387,9 @@ def relaxed_duplicates(node, k: int, screened) -> np.ndarray:
     prepared = matcher.prepare(screened.structures(rows))
     rep = matcher.dedup(prepared)
     out[rows[rep >= 0]] = "repeat"
-    table = snapshot_table(node, iteration_item(node, k)["prev"])
-    known_rows = np.nonzero(table.column("is_entry") | (table.column("origin") == "reference"))[0]
     firsts = np.nonzero(rep < 0)[0]
-    if len(known_rows) and len(firsts):
-        known_ids = table.column("frame_id")[known_rows].astype(str).tolist()
-        known = PreparedCache(prepared_cache(node)).prepare(matcher, known_ids,
-                                                            lambda pos: table.structures(known_rows[pos]))
+    known = known_prepared(node, snapshot_table(node, iteration_item(node, k)["prev"]), matcher)
+    if known and len(firsts):
         hits = matcher.match([prepared[i] for i in firsts], known)
         out[rows[firsts[hits >= 0]]] = "known"
     return out

@@ -162,7 +162,6 @@ def run_nvt(ff, systems, temperatures, settings: TransportSettings, progress: bo
     total = n_eq + n_prod
     f, e = forces()
     samples = [[] for _ in cells]
-    kin_sum = np.zeros(len(cells))
     kin_trace = np.zeros((len(cells), n_prod))
     bar = None
     if progress:
@@ -188,7 +187,6 @@ def run_nvt(ff, systems, temperatures, settings: TransportSettings, progress: bo
         if record is not None:
             record(step, e, kin)
         if step >= n_eq:
-            kin_sum += kin
             kin_trace[:, step - n_eq] = kin
             if (step - n_eq) % every == 0:
                 for i in range(len(cells)):
@@ -201,7 +199,7 @@ def run_nvt(ff, systems, temperatures, settings: TransportSettings, progress: bo
         samples[i].append(wrapped(i))
     to_kelvin = [2 / (nd * units.kB) for nd in ndof]
     return [{"positions": np.array(samples[i]), "steps": total,
-             "temperature": float(kin_sum[i] / max(n_prod, 1) * to_kelvin[i]),
+             "temperature": float(kin_trace[i].sum() / max(n_prod, 1) * to_kelvin[i]),
              "temperature_sem": blocking_sem(kin_trace[i] * to_kelvin[i])}
             for i in range(len(cells))]
 
