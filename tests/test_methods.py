@@ -79,3 +79,10 @@ def test_merge_and_extend_carry_methods(lj_node, tmp_path):
     assert set(Node.open(node.path).config["methods"]) == {LJ}
     big = node.extend(["Cl"], tmp_path / "Cl-Li-P-S")
     assert big.config["methods"] == node.config["methods"]
+
+
+def test_a_force_field_prediction_is_told_from_a_label_by_its_method():
+    from nodestore.repo.methods import FF_PREFIX, is_prediction
+
+    assert is_prediction(FF_PREFIX + "sevenn/7net-0@gpaw-pbe-pw300")
+    assert not is_prediction("gpaw-pbe-pw300") and not is_prediction("") and not is_prediction("vasp-ff:x")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from nodestore.errors import NodestoreError, ValidationError
+from nodestore.repo.methods import FF_PREFIX, is_prediction
 from nodestore.repo.results import Result
 
 
@@ -78,7 +79,7 @@ def predict_files(node, files, model: str | None = None, relax: bool = False, fm
     from nodestore.chem.hull import compute_hull
     from nodestore.models.forcefield import ForceField
 
-    from .stages import FF_PREFIX, current_forcefield, on_method_scale
+    from .stages import current_forcefield, on_method_scale
 
     images = _read(files)
     if model:
@@ -210,9 +211,8 @@ def classify_node(node, message: str | None = None, all_rows: bool = False) -> d
         else:
             # entries are decided among all candidates at once: dedup needs the whole set
             # a crystal's label, not a force field's prediction of it, represents it
-            from .stages import FF_PREFIX
 
-            predicted = np.array([m.startswith(FF_PREFIX) for m in table.column("method")], dtype=float)
+            predicted = np.array([is_prediction(m) for m in table.column("method")], dtype=float)
             keys, cols = classify_table(table, reference_atoms=node_references(node, table), params=_match(node), rows=rows,
                                         cache=node.state_dir / "cache" / "prepared", priority=predicted)
             tx.annotate(keys, cols)

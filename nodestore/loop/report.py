@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from nodestore.errors import NodestoreError
+from nodestore.repo.methods import is_prediction
 
 
 def _iterations(node) -> list[dict]:
@@ -43,8 +44,8 @@ def write_report(node, out_dir, rev: str | None = None) -> dict:
     # 1. E_hull distribution per iteration (force-field screening and labelled)
     fig, ax = plt.subplots(figsize=(6, 4))
     for it in its:
-        ff = [e for m, e, _ in it["_ehull"] if m.startswith("ff:")]
-        lab = [e for m, e, _ in it["_ehull"] if not m.startswith("ff:")]
+        ff = [e for m, e, _ in it["_ehull"] if is_prediction(m)]
+        lab = [e for m, e, _ in it["_ehull"] if not is_prediction(m)]
         k = it["iteration"]
         if ff:
             ax.scatter(np.full(len(ff), k - 0.1) + np.random.default_rng(k).uniform(-0.05, 0.05, len(ff)), ff,

@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from nodestore.errors import NodestoreError, ValidationError
-from nodestore.repo.methods import check_method
+from nodestore.repo.methods import FF_PREFIX, check_method, is_prediction
 
 STAGES = ("generate", "screen", "select", "label", "train", "curate")
-FF_PREFIX = "ff:"
 
 
 # -- paths and helpers -------------------------------------------------------------
@@ -672,7 +671,7 @@ def curate(node, k: int) -> dict:
         metrics["hull"] = str(exc)
     # force-field E_hull for the relaxed candidates comes from screening
     ff_e_hull = scratch.column("e_hull")
-    is_ff = np.array([m.startswith(FF_PREFIX) for m in scratch.column("method")])
+    is_ff = np.array([is_prediction(m) for m in scratch.column("method")])
     e_hull = np.where(is_ff, ff_e_hull, e_hull)
     e_form = np.where(is_ff, scratch.column("e_form"), e_form)
     keys = scratch.row_keys()
@@ -701,7 +700,7 @@ def curate(node, k: int) -> dict:
         sub = _subtable(scratch, new_rows, Path(tmp) / "new")
         # S.U.N. on the labelled hull (the claim), and as the force field predicted it (the screen)
         sun_new = chem.sun_counts(sub, thr, method=method)
-        ff_methods = sorted({m for m in sub.column("method") if m.startswith(FF_PREFIX)})
+        ff_methods = sorted({m for m in sub.column("method") if is_prediction(m)})
         if ff_methods:
             metrics["sun_predicted"] = chem.sun_counts(sub, thr, method=ff_methods[0])
     metrics["sun"] = sun_new

@@ -38,6 +38,7 @@ from pathlib import Path
 from nodestore.errors import NodestoreError
 
 from . import paths
+from .methods import is_prediction
 from .results import FsckProblem, FsckResult
 
 
@@ -225,9 +226,6 @@ def _check_documents(node, rep: _Report):
 
 # -- method map and lineage -------------------------------------------------------------
 
-#: method names of energies a force field predicted (the loop's screen), not a labeller's
-FF_METHOD_PREFIX = "ff:"
-
 
 def _read_checkpoints(node) -> dict[str, dict]:
     """{directory name: meta.json} of the work tree's checkpoints (unreadable ones are left to the hash checks)."""
@@ -263,7 +261,7 @@ def _check_methods(node, rep: _Report, table, checkpoints: dict[str, dict]) -> N
     # of its labelling (0 for a single point); an imported row carries -1 even when it is labelled
     made = (table.column("relax_step") >= 0) if len(table) else np.array([], dtype=bool)
     used = {str(m) for m in np.unique(method) if m}
-    by_labeller = {str(m) for m in np.unique(method[made]) if m and not str(m).startswith(FF_METHOD_PREFIX)}
+    by_labeller = {str(m) for m in np.unique(method[made]) if m and not is_prediction(m)}
     for m in sorted(by_labeller - recorded):
         rep.checked += 1
         n = int(((method == m) & made).sum())

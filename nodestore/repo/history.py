@@ -10,6 +10,8 @@ import numpy as np
 from nodestore.config import parse_system, system_name
 from nodestore.errors import NodestoreError
 
+from .methods import is_prediction
+
 
 
 def commit(node, message: str, allow_empty: bool = False) -> str:
@@ -97,7 +99,7 @@ def _dir_changed(node, dir_md5: str, path) -> bool:
 def summary(node, table, models_dir) -> dict:
     energy = table.column("energy")
     method = table.column("method")
-    labelled = np.isfinite(energy) & np.array([not m.startswith("ff:") and m != "" for m in method], dtype=bool)
+    labelled = np.isfinite(energy) & np.array([not is_prediction(m) and m != "" for m in method], dtype=bool)
     entries = table.column("is_entry")
     methods: dict[str, int] = {}
     for m, ok in zip(method, np.isfinite(energy)):

@@ -12,6 +12,16 @@ from __future__ import annotations
 
 from nodestore.errors import ValidationError
 
+#: the method of a force field's prediction stored as a row: ``ff:`` + the force field's method
+#: (``ff:sevenn/7net-0@gpaw-pbe-pw300``); rows of such a method are never labels
+FF_PREFIX = "ff:"
+
+
+def is_prediction(method) -> bool:
+    """A row's method is a force field's prediction, not a label."""
+    return str(method).startswith(FF_PREFIX)
+
+
 #: what makes two labels comparable; the code version is recorded, not compared
 SETTINGS = ("code", "functional", "cutoff_ev", "kpoint_density", "smearing_ev", "params")
 

@@ -45,17 +45,6 @@ def warm_imports():
     import nodestore.chem.api  # noqa: F401
 
 
-def accepted_or_refused(fn, *args):
-    """``fn(*args)`` returns or raises a NodestoreError, within 10 s of CPU time (wall time
-    measures the other processes of a busy machine too)."""
-    t0 = time.process_time()
-    try:
-        fn(*args)
-    except NodestoreError:
-        pass
-    assert time.process_time() - t0 < LIMIT_S, "took longer than 10 s"
-
-
 def refused(fn, *args) -> bool:
     """``fn(*args)`` as ``accepted_or_refused``; True when it was refused."""
     t0 = time.process_time()
