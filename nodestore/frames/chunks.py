@@ -95,13 +95,14 @@ class ZipArrays:
         self.path = Path(path)
         with zipfile.ZipFile(self.path) as zf:
             infos = zf.infolist()
-        self._fd = os.open(self.path, os.O_RDONLY)
+        # the mapping keeps a descriptor of its own: this one is closed at once, so that a reader
+        # dropped without close() holds no descriptor once its mapping is gone
+        fd = os.open(self.path, os.O_RDONLY)
         try:
-            size = os.fstat(self._fd).st_size
-            self._mm = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) if size else None
-        except BaseException:
-            os.close(self._fd)
-            raise
+            size = os.fstat(fd).st_size
+            self._mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+        finally:
+            os.close(fd)
         self._members: dict[str, tuple[int, int]] = {}
         self._stored = True
         for info in infos:
@@ -164,9 +165,6 @@ class ZipArrays:
         except BufferError:  # a caller still holds a view of the file: unmapped when it goes
             pass
         self._mm = None
-        if self._fd is not None:
-            os.close(self._fd)  # the mapping, if still alive, does not need the descriptor
-            self._fd = None
 
 
 class FastArray:

@@ -477,6 +477,12 @@ class FrameTable:
             seg.close()
         self._segments.clear()
 
+    def __enter__(self) -> "FrameTable":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"FrameTable({str(self.path)!r}, frames={len(self)}, segments={len(self.segment_ids)})"
 

@@ -66,9 +66,10 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
         _check_git(node, rep)
         table = _check_documents(node, rep)
         if table is not None:
-            checkpoints = _read_checkpoints(node)
-            _check_methods(node, rep, table, checkpoints)
-            _check_lineage(rep, table, checkpoints)
+            with table:
+                checkpoints = _read_checkpoints(node)
+                _check_methods(node, rep, table, checkpoints)
+                _check_lineage(rep, table, checkpoints)
         bad = _check_objects(node, rep)
         damaged = _check_worktree(node, rep)
         if remote is not None:
@@ -221,7 +222,10 @@ def _check_documents(node, rep: _Report):
             rep.add("manifest", f.relative_to(node.path).as_posix(), "listed by the table manifest but missing",
                     "restore the table with `nodestore checkout --force HEAD` (after `nodestore pull` if the "
                     "object is not in the local cache)")
-    return table if complete else None
+    if not complete:
+        table.close()
+        return None
+    return table
 
 
 # -- method map and lineage -------------------------------------------------------------
