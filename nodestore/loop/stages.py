@@ -220,7 +220,6 @@ def generate(node, k: int) -> dict:
 
 def screen(node, k: int) -> dict:
     """Relax the candidates with force field(k-1); drop duplicates; E_hull on the force-field hull."""
-    from nodestore.chem.hull import compute_hull
     from nodestore.chem.matcher import Matcher
     from nodestore.frames import FrameBatch
 
@@ -271,14 +270,7 @@ def screen(node, k: int) -> dict:
     stopped = [str(r["reason"]).startswith(GUARD_PREFIXES) for r in relaxed + ref_relaxed]
     ok = [i for i, s in enumerate(stopped) if not s]
     items = [(a, a.get_potential_energy(), method) for a in out_images + ref_images]
-    e_hull = np.full(len(items), np.nan)
-    e_form = np.full(len(items), np.nan)
-    try:
-        res = compute_hull([items[i] for i in ok], method)
-        e_hull[ok] = np.asarray(res.e_hull, dtype=float)
-        e_form[ok] = np.asarray(res.e_form, dtype=float)
-    except NodestoreError:
-        pass
+    e_hull, e_form, unphysical = _screen_hull(items, ok, len(relaxed), method, p.get("min_e_form", MIN_E_FORM))
     batch = batch.with_columns(e_hull=e_hull, e_form=e_form)
     converged = sum(bool(r["converged"]) for r in relaxed)
     rejected = {}
@@ -286,6 +278,8 @@ def screen(node, k: int) -> dict:
         if s:
             key = str(r["reason"]).split(":")[0]
             rejected[key] = rejected.get(key, 0) + 1
+    if unphysical:
+        rejected[UNPHYSICAL] = unphysical
     with atomic_dir(iter_dir(node, k) / "screened") as out:
         write_table(out, batch)
         (out / "screen.json").write_text(json.dumps({
@@ -293,6 +287,53 @@ def screen(node, k: int) -> dict:
             "converged": converged, "stopped_by_guard": rejected, "method": method}, indent=1))
     return {"screened": len(relaxed), "duplicates_dropped": len(cands) - len(images),
             "model_seconds": round(ff.model_seconds, 2)}
+
+
+#: eV/atom: the lowest force-field formation energy the screen believes (screen.min_e_form)
+MIN_E_FORM = -5.0
+UNPHYSICAL = "formation energy below screen.min_e_form"
+
+
+def _screen_hull(items, ok, n_candidates: int, method: str, floor):
+    """E_hull and E_form of the screened rows ``ok`` on their own force-field hull.
+
+    A candidate (rows below ``n_candidates``; the reference phases after them are kept) whose
+    formation energy is below ``floor`` eV/atom fell into a hole of the model, where a force field
+    can predict hundreds of eV/atom below any crystal (SevenNet-0: a collapsed 10-atom P4S6 cell at
+    -390 eV/atom, P-S 1.34 A).  On the hull it would put every neighbour above it.  It gets no
+    E_hull (so no label), and is left off the hull.
+    Returns (e_hull, e_form, number dropped)."""
+    from nodestore.chem.hull import compute_hull
+
+    floor = None if floor is None else float(floor)
+    if floor is not None and not np.isfinite(floor):
+        raise ValidationError(f"screen.min_e_form must be a finite number or null, not {floor!r}")
+    e_hull = np.full(len(items), np.nan)
+    e_form = np.full(len(items), np.nan)
+    # formation energies against the reference phases' elements (the lowest per atom of each), so
+    # that an elemental candidate fallen into a hole cannot become the reference of its element
+    mu: dict[str, float] = {}
+    for a, e, _ in (items[i] for i in ok if i >= n_candidates):
+        el = set(a.get_chemical_symbols())
+        if len(el) == 1 and np.isfinite(e):
+            (x,) = el
+            mu[x] = min(mu.get(x, np.inf), e / len(a))
+    bad = set()
+    for i in ok:
+        if floor is None or i >= n_candidates:
+            continue
+        a, e, _ = items[i]
+        sym = a.get_chemical_symbols()
+        if all(x in mu for x in sym) and (e - sum(mu[x] for x in sym)) / len(a) < floor:
+            bad.add(i)
+    ok = [i for i in ok if i not in bad]
+    try:
+        res = compute_hull([items[i] for i in ok], method)
+    except NodestoreError:
+        return e_hull, e_form, len(bad)
+    e_hull[ok] = np.asarray(res.e_hull, dtype=float)
+    e_form[ok] = np.asarray(res.e_form, dtype=float)
+    return e_hull, e_form, len(bad)
 
 
 def prepared_cache(node) -> Path:
