@@ -319,12 +319,10 @@ def _screen_hull(items, ok, n_candidates: int, method: str, floor):
             (x,) = el
             mu[x] = min(mu.get(x, np.inf), e / len(a))
     bad = set()
-    for i in ok:
-        if floor is None or i >= n_candidates:
-            continue
+    for i in (ok if floor is not None else ()):
         a, e, _ = items[i]
         sym = a.get_chemical_symbols()
-        if all(x in mu for x in sym) and (e - sum(mu[x] for x in sym)) / len(a) < floor:
+        if i < n_candidates and all(x in mu for x in sym) and (e - sum(mu[x] for x in sym)) / len(a) < floor:
             bad.add(i)
     ok = [i for i in ok if i not in bad]
     try:

@@ -13,7 +13,6 @@ from nodestore.errors import NodestoreError
 from .methods import is_prediction
 
 
-
 def commit(node, message: str, allow_empty: bool = False) -> str:
     """Record the work tree (table, models, yaml files) as one commit."""
     if not message:
