@@ -32,6 +32,9 @@ def cpu_count() -> int:
 
 
 def _init_worker(threads: int) -> None:
+    from nodestore.models._allocator import tune_allocator
+
+    tune_allocator()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:

@@ -23,6 +23,7 @@ import numpy as np
 
 from nodestore.errors import BackendError, ValidationError
 from nodestore.models import _checkpoint as ckpt
+from nodestore.models._allocator import tune_allocator
 from nodestore.models.references import ReferenceEnergies
 
 KIND = "forcefield"
@@ -61,6 +62,7 @@ class ForceField(abc.ABC):
         self.training_frames = list(training_frames)
         self.metrics = dict(metrics or {})
         self.batch_size = int(batch_size or self.default_batch_size)
+        tune_allocator()  # the model's many short-lived tensors: see models/_allocator.py
         #: fitted per-element reference energies, added to every energy the model predicts
         self.references = ReferenceEnergies()
         self.hash: str | None = None  # set when saved or loaded
