@@ -4,7 +4,8 @@ Standalone on purpose (imports only the standard library, numpy and ASE), so it
 runs under any interpreter that has the calculator, e.g. Debian's
 ``/usr/bin/python3`` for GPAW.  Usage::
 
-    python _label_worker.py RESULT.json < REQUEST.json
+    python _label_worker.py RESULT.json REQUEST.json     (or RESULT.json < REQUEST.json)
+    mpirun -np N python _label_worker.py RESULT.json REQUEST.json   (GPAW, NODESTORE_MPI_RANKS=N)
 
 REQUEST: ``{"calculator": NAME or "module:Class", "params": {...},
 "atoms": {"numbers", "positions", "cell", "pbc"}, "properties": [...]}``.
@@ -25,6 +26,7 @@ converged calculation (see ``_electronic``).
 
 import importlib
 import json
+import os
 import sys
 import traceback
 
@@ -243,10 +245,31 @@ def _relax(atoms, relax, with_stress):
     return out
 
 
+def _mpi_rank(request):
+    """This process's rank when the labeller launched the worker under MPI (NODESTORE_MPI_RANKS
+    ranks, GPAW only), else 0; a GPAW that sees another number of ranks is an error."""
+    want = int(os.environ.get("NODESTORE_MPI_RANKS", "1") or 1)
+    if want <= 1:
+        return 0
+    if request.get("calculator") != "gpaw":
+        raise RuntimeError("only the gpaw labeller runs under MPI")
+    from gpaw.mpi import world
+
+    if world.size != want:
+        raise RuntimeError("GPAW sees %d MPI ranks, not %d (built without MPI?)" % (world.size, want))
+    return world.rank
+
+
 def main(argv):
     out_path = argv[1]
-    request = json.load(sys.stdin)
+    if len(argv) > 2:
+        with open(argv[2]) as fh:
+            request = json.load(fh)
+    else:
+        request = json.load(sys.stdin)
+    rank = 0
     try:
+        rank = _mpi_rank(request)
         import numpy as np
         from ase import Atoms
 
@@ -271,8 +294,11 @@ def main(argv):
         result = {"error": "%s: %s" % (type(exc).__name__, exc), "kind": kind,
                   "traceback": traceback.format_exc()[-2000:]}
         status = 2
-    with open(out_path, "w") as fh:
-        json.dump(result, fh)
+    if rank == 0:  # under MPI every rank holds the result; the first writes it, whole or not at all
+        tmp = "%s.%d.part" % (out_path, os.getpid())
+        with open(tmp, "w") as fh:
+            json.dump(result, fh)
+        os.replace(tmp, out_path)
     return status
 
 

@@ -56,11 +56,13 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def map(self, fn: Callable, items: Sequence, progress: bool = True, io_bound: bool = False,
-            on_lost: Callable | None = None) -> list:
+            on_lost: Callable | None = None, cores_per_item: int = 1) -> list:
         """``[fn(x) for x in items]``, possibly in parallel; results in input order.
 
         ``io_bound``: ``fn`` spends its time waiting (on a worker process of its own, such as a
-        first-principles code), so threads of this process may run several at once.
+        first-principles code), so threads of this process may run several at once:
+        ``cores // cores_per_item`` of them (``cores_per_item``: the cores each item's worker
+        takes, e.g. its MPI ranks).
         ``on_lost(item, exc)``: the result of an item whose worker was lost (see the module doc).
         """
 
@@ -96,18 +98,19 @@ class LocalExecutor(Executor):
             raise ValidationError(f"{processes} processes x {torch_threads} torch threads > {cores} cores")
         self.processes, self.torch_threads, self.desc = processes, torch_threads, desc
 
-    def map(self, fn, items, progress=True, io_bound=False, on_lost=None):
+    def map(self, fn, items, progress=True, io_bound=False, on_lost=None, cores_per_item=1):
         items = list(items)
         bar = _progress(len(items), progress and len(items) > 1, self.desc)
+        at_once = min(max(1, cpu_count() // max(1, int(cores_per_item))), len(items))
         try:
-            if io_bound and len(items) > 1:
-                # each call waits on its own single-threaded worker process: one call per core
+            if io_bound and at_once > 1:
+                # each call waits on a worker process of its own that takes cores_per_item cores
                 from concurrent.futures import ThreadPoolExecutor
 
-                with ThreadPoolExecutor(min(cpu_count(), len(items))) as pool:
+                with ThreadPoolExecutor(at_once) as pool:
                     futures = [pool.submit(fn, x) for x in items]
                     return self._collect(futures, bar)
-            if self.processes == 1 or len(items) <= 1:
+            if self.processes == 1 or len(items) <= 1 or io_bound:
                 out = []
                 for x in items:
                     out.append(fn(x))
@@ -168,7 +171,8 @@ class DaskExecutor(Executor):
             self._own = True
         self.desc = desc
 
-    def map(self, fn, items, progress=True, io_bound=False, on_lost=None):
+    def map(self, fn, items, progress=True, io_bound=False, on_lost=None, cores_per_item=1):
+        # the cluster's workers decide how many items run at once (their threads and resources)
         from distributed import as_completed
 
         items = list(items)
