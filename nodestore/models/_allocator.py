@@ -6,7 +6,9 @@ defaults each of the larger ones is an ``mmap``/``munmap`` pair whose pages the 
 again on the next call, and the top of the heap is trimmed back to the system after every
 step: on the 2-core development machine a third of a SevenNet-0 relaxation step went to the
 kernel (``sys`` time).  Keeping blocks of up to 32 MiB on the heap, padding its growth and
-not trimming it took a batch of 40 Li-P-S cells from 3.6 to 1.8 s (``bench/allocator.py``).
+not trimming it took SevenNet-0's batched prediction of 42 Li-P-S cells (562 atoms) from 3.06 to
+2.21 s (1.39x) and a 20-step batched relaxation of them from 63.3 to 50.5 s (1.25x), the kernel's
+share of it from 25 s to 0.3 s (``bench/allocator.py``, 2 cores).
 GPAW's worker process is left alone: the same setting did not change its label times.
 
 The price is resident memory: up to about :data:`TOP_PAD` that the process keeps after a
