@@ -51,8 +51,9 @@ def _silenced():
         yield
 
 
-def repair_rwlock(path: Path) -> bool:
-    """Remove DVC's ``.dvc/tmp/rwlock`` when it is not valid JSON; True if it was removed.
+def repair_rwlock(path: Path, dry_run: bool = False) -> bool:
+    """Remove DVC's ``.dvc/tmp/rwlock`` when it is not valid JSON; True if it was removed
+    (``dry_run``: True if it is broken, and left as it is).
 
     DVC rewrites that file in place (under its ``rwlock.lock`` guard): a process killed while
     writing it leaves it truncated, and every later DVC command then fails with "Unable to read
@@ -71,7 +72,8 @@ def repair_rwlock(path: Path) -> bool:
             json.loads(f.read_text() or "x")
             return False
         except (ValueError, UnicodeDecodeError):
-            f.unlink()
+            if not dry_run:
+                f.unlink()
             return True
 
 

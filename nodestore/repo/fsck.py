@@ -63,6 +63,7 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
 
     with node_lock(node.state_dir):
         _check_git_locks(node, rep, repair)
+        _check_dvc_rwlock(node, rep, repair)
         _check_git(node, rep)
         table = _check_documents(node, rep)
         if table is not None:
@@ -120,6 +121,18 @@ def _check_git_locks(node, rep: _Report, repair: bool) -> None:
     for rel in locks:
         rep.add("git-lock", rel, "a git lock file a killed writer left (git refuses to write while it is there)",
                 "run `nodestore fsck --repair`, or any writing verb (it removes the lock while no writer runs)", repair)
+
+
+def _check_dvc_rwlock(node, rep: _Report, repair: bool) -> None:
+    """DVC's own lock table, which a ``dvc repro`` killed while rewriting it leaves truncated:
+    every later DVC command then fails until it is removed."""
+    from .dvc import repair_rwlock
+
+    if (node.path / ".dvc" / "tmp" / "rwlock").is_file() and repair_rwlock(node.path, dry_run=not repair):
+        rep.add("dvc-rwlock", ".dvc/tmp/rwlock",
+                "DVC's lock table is truncated (a dvc process was killed while writing it): "
+                "`dvc repro` refuses to run", "run `nodestore fsck --repair`, or `nodestore iterate --run` "
+                "(both remove it; DVC writes a new one)", repair)
 
 
 def _temp_files(node) -> list[str]:

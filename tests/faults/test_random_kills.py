@@ -455,7 +455,15 @@ def test_random_kills_of_each_loop_stage_under_dvc_repro(tmp_path, loop_cycles):
             # until `nodestore commit`, the node is its last commit, whatever the stage was doing
             assert str(node.git.head.target) == head and f"refs/tags/iter-{k}" not in node.git.references
             assert (node.path / "data/table/manifest.json").read_text() == manifest
-            assert node.fsck().problems == []
+            problems = node.fsck().problems
+            if problems and {x.kind for x in problems} == {"dvc-rwlock"}:
+                # dvc was killed while rewriting its lock table in place: fsck names it and
+                # --repair removes it (raw `dvc repro` would refuse to run until then)
+                record("dvc rwlock truncated", True, stage=hit)
+                rc, out = run(node.path, "fsck", "--repair")
+                assert rc == 0, out
+                problems = node.fsck().problems
+            assert problems == []
         p = subprocess.run(repro, cwd=node.path, env=env, capture_output=True, text=True, timeout=900)
         assert p.returncode == 0, p.stdout + p.stderr
         for s in STAGES:

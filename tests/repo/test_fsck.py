@@ -262,3 +262,25 @@ def test_a_stale_git_lock_is_reported_and_the_next_verb_removes_it(node):
     from nodestore.repo import git
 
     assert git.current_branch(node.git) == "other"
+
+
+def test_a_truncated_dvc_rwlock_is_reported_and_repaired(node):
+    """A `dvc repro` killed while rewriting DVC's lock table leaves it empty, and DVC then refuses
+    every command ("JSON structure is corrupted"); found by the loop-stage kill test."""
+    import subprocess
+    import sys
+
+    tmp = node.path / ".dvc" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "rwlock").write_text("")
+    dvc_status = [sys.executable, "-m", "dvc", "status"]
+    p = subprocess.run(dvc_status, cwd=node.path, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "rwlock" in (p.stdout + p.stderr).lower()
+    r = node.fsck()
+    assert [(x.kind, x.what) for x in r.problems] == [("dvc-rwlock", ".dvc/tmp/rwlock")]
+    assert (tmp / "rwlock").exists()  # a check alone changes nothing
+    rc, out = run(node.path, "fsck", "--repair")
+    assert rc == 0, out
+    assert not (tmp / "rwlock").exists() and node.fsck().problems == []
+    p = subprocess.run(dvc_status, cwd=node.path, capture_output=True, text=True, timeout=300)
+    assert "rwlock" not in (p.stdout + p.stderr).lower(), p.stdout + p.stderr
