@@ -354,7 +354,7 @@ class GpawLabeller(AseLabeller):
         want = cpu_count() if self.mpi_ranks == "auto" else int(self.mpi_ranks)
         if want <= 1:
             return 1
-        mpirun = self.mpirun or shutil.which("mpirun") or shutil.which("mpiexec")
+        mpirun = self._mpirun()
         why = None if mpirun else "no mpirun or mpiexec on PATH"
         if why is None:
             why = _mpi_probe(mpirun, self.python, want, {**self._worker_env(), **_mpi_env(want)})
@@ -364,11 +364,14 @@ class GpawLabeller(AseLabeller):
             raise BackendError(f"gpaw labeller: mpi_ranks={want} needs MPI: {why}")
         return 1
 
+    def _mpirun(self) -> str | None:
+        return self.mpirun or shutil.which("mpirun") or shutil.which("mpiexec")
+
     def _launcher(self) -> tuple[list[str], dict]:
         n = self._ranks()
         if n == 1:
             return [], {}
-        return [self.mpirun or shutil.which("mpirun") or shutil.which("mpiexec"), "-np", str(n)], _mpi_env(n)
+        return [self._mpirun(), "-np", str(n)], _mpi_env(n)
 
     @staticmethod
     def available(python: str = "/usr/bin/python3") -> bool:

@@ -128,7 +128,7 @@ def _check_dvc_rwlock(node, rep: _Report, repair: bool) -> None:
     every later DVC command then fails until it is removed."""
     from .dvc import repair_rwlock
 
-    if (node.path / ".dvc" / "tmp" / "rwlock").is_file() and repair_rwlock(node.path, dry_run=not repair):
+    if repair_rwlock(node.path, dry_run=not repair):
         rep.add("dvc-rwlock", ".dvc/tmp/rwlock",
                 "DVC's lock table is truncated (a dvc process was killed while writing it): "
                 "`dvc repro` refuses to run", "run `nodestore fsck --repair`, or `nodestore iterate --run` "
