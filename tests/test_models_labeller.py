@@ -45,6 +45,15 @@ def test_gpaw_dense_mesh_for_a_metal_only():
     k_li, k_s = res_li["kpoints"], res_s["kpoints"]
     assert k_li["gap_ev"] == 0 and k_li["dense"] and np.prod(k_li["mesh"]) * 1 >= 1000
     assert k_s["gap_ev"] > 2 and not k_s.get("dense") and np.prod(k_s["mesh"]) * 3 < 1000
+    # the dense run starts from the base mesh's density: the label of a fresh run on that mesh,
+    # in fewer SCF iterations than that run took
+    fresh = GpawLabeller(ecut=200, kpt_density=k_li["density"], smearing=0.1)
+    (res_fresh,) = fresh.label([li])
+    assert res_fresh["kpoints"]["mesh"] == k_li["mesh"]
+    assert res_li["energy"] == pytest.approx(res_fresh["energy"], abs=2e-4)
+    assert np.allclose(res_li["stress"], res_fresh["stress"], atol=2e-5)
+    coarse_iters, dense_iters = k_li["scf_iterations"]
+    assert 0 < dense_iters < res_fresh["kpoints"]["scf_iterations"][0], k_li
     base = GpawLabeller(ecut=200, kpt_density=1.5, smearing=0.1)
     assert "kpt_dense_kppra" not in base.method_info["params"]  # off: the method of older nodes
     (res_base,) = base.label([li])

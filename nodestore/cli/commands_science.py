@@ -387,12 +387,19 @@ def analyze_transport_cmd(ctx, temperatures, frames, max_e_hull, production_ps, 
         return
     d_cols = [k for k in (r.entries[0] if r.entries else {}) if k.startswith("li_diffusivity_") and
               k.endswith("K") and k != "li_diffusivity_300K"]
-    cols = ["frame_id", "formula", "n_atoms", *d_cols, "li_ea", "li_ea_err", "li_diffusivity_300K",
+    cols = ["frame_id", "formula", "n_atoms", *d_cols, "li_ea", "li_ea_err", "li_ea_chi2", "li_diffusivity_300K",
             "li_conductivity_300K", "stale"]
     table_print([{**e, "frame_id": e["frame_id"][:10]} for e in r.entries], cols)
-    click.echo("D* in cm²/s (unresolved from zero: see --json), Ea in eV, σ(300 K) in S/cm (Nernst-Einstein)")
-    click.echo(f"computed {r.computed}, cached {r.cached}, stale {len(r.stale)}, failed {len(r.failed)} "
-               f"(force field {r.checkpoint}, settings {r.settings})")
+    click.echo("D* in cm²/s (unresolved from zero: see --json), Ea in eV over the resolved temperatures asked for, "
+               "σ(300 K) in S/cm (Nernst-Einstein)")
+    for e in r.entries:
+        if (e.get("li_ea_chi2") or 0) > 4:
+            click.echo(f"  {e['frame_id'][:10]} {e['formula']}: ln D* is not linear in 1/T over "
+                       f"{', '.join(f'{t:g}' for t in e['fit_temperatures'])} K (reduced chi² "
+                       f"{e['li_ea_chi2']:.1f}): fit a narrower window with -T")
+    click.echo(f"computed {r.computed}, cached {r.cached}, stale {len(r.stale)}, failed {len(r.failed)}; "
+               f"MD runs {r.runs_computed} new, {r.runs_cached} stored (force field {r.checkpoint}, "
+               f"settings {r.settings})")
     for fid, err in r.failed:
         click.echo(f"  failed: {fid[:10]}: {err}")
     if r.plot:

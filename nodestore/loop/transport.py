@@ -19,6 +19,10 @@ conductivity is Nernst-Einstein's from the tracer diffusivity (a Haven ratio of 
 A temperature whose ``D*`` is not resolved from zero (its posterior mean under twice its standard
 deviation, or a final mean-squared displacement under ``MIN_MSD``: vibration, not diffusion) is reported as such and left out of the fit.
 MD runs at the stored cell (the labeller's volume): NVT, no pressure control.
+
+Each temperature's result is stored on its own (per structure, settings and checkpoint), so a run
+at new temperatures adds to the earlier ones and the fit spans them all: an Arrhenius window
+(where one mechanism holds) is chosen by the temperatures asked for, not by one run.
 """
 
 from __future__ import annotations
@@ -91,8 +95,23 @@ class TransportSettings:
         return self.n_production // max(1, int(self.sample_every))
 
     def key(self) -> str:
-        doc = {**asdict(self), "version": VERSION}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of what a result depends on besides the structure, the force field and the
+        temperature.  Each temperature's result is stored on its own under this key, so a later
+        run of the same settings at other temperatures adds to it, and the Arrhenius fit can use
+        temperatures from several runs."""
+        return run_key(asdict(self))
+
+    def doc(self) -> dict:
+        """The settings without the temperatures (what ``key`` hashes), for the stored record."""
+        doc = asdict(self)
+        doc.pop("temperatures")
+        return doc
+
+
+def run_key(doc: dict) -> str:
+    """``TransportSettings.key`` of a settings document (its temperatures, if any, left out)."""
+    doc = {k: v for k, v in doc.items() if k != "temperatures"}
+    return hashlib.sha256(json.dumps({**doc, "version": VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def supercell(atoms, min_length: float):
@@ -263,11 +282,17 @@ class Arrhenius:
     d_room_lo: float
     d_room_hi: float
     temperatures: tuple  # those in the fit
+    #: reduced chi-square of the weighted straight line through the mean ln D* at each temperature
+    #: (weights: the posterior variance of ln D*); None for two temperatures.  Well above 1 (say 4),
+    #: ln D* is not linear in 1/T over these temperatures: another mechanism, a transition or a
+    #: melt in part of the range, and Ea is an average over regimes.
+    chi2_red: float | None = None
 
 
 def arrhenius(temperatures, samples, room: float = ROOM, seed: int = 0) -> Arrhenius | None:
     """Fit ``ln D = ln D0 - Ea / (k T)`` on joint draws of the per-temperature posterior samples of
-    D (only positive draws count); None with fewer than two temperatures."""
+    D (only positive draws count); None with fewer than two temperatures.  With three or more, the
+    reduced chi-square says how well one straight line holds them."""
     if len(temperatures) < 2:
         return None
     rng = np.random.default_rng(seed)
@@ -283,9 +308,29 @@ def arrhenius(temperatures, samples, room: float = ROOM, seed: int = 0) -> Arrhe
     ea = coef[1]
     d_room = np.exp(coef[0] - coef[1] / (K_B * room))
     lo, med, hi = np.percentile(ea, [16, 50, 84])
+    chi2 = None
+    if len(x) > 2:
+        mean, var = y.mean(axis=1), np.maximum(y.var(axis=1), 1e-12)
+        w = 1.0 / var
+        line, *_ = np.linalg.lstsq(design * np.sqrt(w)[:, None], mean * np.sqrt(w), rcond=None)
+        chi2 = float((w * (mean - design @ line) ** 2).sum() / (len(x) - 2))
     return Arrhenius(ea=float(med), ea_err=float((hi - lo) / 2),
                      d_room=float(np.median(d_room)), d_room_lo=float(np.percentile(d_room, 16)),
-                     d_room_hi=float(np.percentile(d_room, 84)), temperatures=tuple(float(t) for t in temperatures))
+                     d_room_hi=float(np.percentile(d_room, 84)), temperatures=tuple(float(t) for t in temperatures),
+                     chi2_red=chi2)
+
+
+def fit_of(result: dict, temperatures, atoms, settings: "TransportSettings") -> dict | None:
+    """The Arrhenius fit (a JSON-ready dict, with the room-temperature conductivity) over the
+    stored temperatures of ``result`` that are in ``temperatures`` and resolved; None with fewer
+    than two of them."""
+    want = {float(t) for t in temperatures}
+    use = [d for d in result["temperatures"] if float(d["temperature"]) in want and d["resolved"]]
+    fit = arrhenius([d["temperature"] for d in use], [d["d_samples"] for d in use], seed=settings.seed)
+    if fit is None:
+        return None
+    return {**asdict(fit), "temperatures": list(fit.temperatures),
+            "sigma_room_s_cm": conductivity(atoms, fit.d_room, ROOM, settings.specie)}
 
 
 def transport_of(ff, atoms, settings: TransportSettings, progress: bool = False) -> dict:
@@ -304,12 +349,9 @@ def transport_of(ff, atoms, settings: TransportSettings, progress: bool = False)
         d["md_temperature_sem"] = run["temperature_sem"]
         d["sigma_s_cm"] = conductivity(big, d["d_mean"], t, settings.specie)
         temps.append(d)
-    resolved = [d for d in temps if d["resolved"]]
-    fit = arrhenius([d["temperature"] for d in resolved], [d["d_samples"] for d in resolved], seed=settings.seed)
     out = {"formula": atoms.get_chemical_formula("metal"), "n_atoms": len(big), "supercell": list(reps),
-           "temperatures": temps, "arrhenius": None}
-    if fit is not None:
-        out["arrhenius"] = {**asdict(fit), "sigma_room_s_cm": conductivity(big, fit.d_room, ROOM, settings.specie)}
+           "temperatures": temps}
+    out["arrhenius"] = fit_of(out, settings.temperatures, big, settings)
     return out
 
 
@@ -352,8 +394,8 @@ def frame_columns(node, rev: str | None = None) -> dict[str, dict[str, float]]:
 
 @dataclass(frozen=True)
 class TransportResult:
-    computed: int
-    cached: int
+    computed: int  # structures that ran MD in this call (at one or more of the temperatures)
+    cached: int  # structures whose every temperature was stored already
     stale: tuple
     failed: tuple  # (frame id, error)
     checkpoint: str
@@ -362,6 +404,30 @@ class TransportResult:
     temperatures: tuple
     commits: tuple
     plot: str | None = None
+    runs_computed: int = 0  # (structure, temperature) MD runs made in this call
+    runs_cached: int = 0  # ... and reused from the store
+
+
+def _normalised(rec: dict) -> dict:
+    """A stored record keyed by ``TransportSettings.key`` of its settings document (records of
+    the first format were keyed with their temperatures in the hash)."""
+    doc = rec.get("settings_doc")
+    if isinstance(doc, dict):
+        rec = {**rec, "settings": run_key(doc), "settings_doc": {k: v for k, v in doc.items() if k != "temperatures"}}
+    return rec
+
+
+def _merged(rec: dict | None, new: dict, checkpoint: str, settings: "TransportSettings") -> dict:
+    """``new``'s temperatures added to those of ``rec`` when ``rec`` holds the same settings and
+    checkpoint (a new run of a temperature replaces the stored one); else ``new`` alone."""
+    temps = {}
+    if rec is not None and rec.get("settings") == settings.key() and rec.get("checkpoint") == checkpoint:
+        temps = {float(d["temperature"]): d for d in rec["result"]["temperatures"]}
+    for d in new["temperatures"]:
+        temps[float(d["temperature"])] = d
+    result = {k: v for k, v in new.items() if k != "ok"}
+    result["temperatures"] = [temps[t] for t in sorted(temps)]
+    return {"checkpoint": checkpoint, "settings": settings.key(), "settings_doc": settings.doc(), "result": result}
 
 
 def _structures(node, table, max_e_hull: float, frames: tuple, specie: str):
@@ -391,8 +457,14 @@ def analyze_transport(node, settings: TransportSettings, max_e_hull: float = 0.0
                       keep_stale: bool = False, chunk: int = 2, plot: str | None = None,
                       progress: bool = True) -> TransportResult:
     """Li diffusivities and Arrhenius fits of the node's Li compounds with its current force field,
-    stored in ``analyses/transport.json`` one commit per ``chunk`` structures (resumable; a rerun
-    computes only what is missing; a result of another force field is stale)."""
+    stored in ``analyses/transport.json`` one commit per ``chunk`` structures (resumable).
+
+    Each (structure, temperature) result is stored on its own, keyed by the settings other than
+    the temperatures and by the checkpoint: a rerun runs MD only at the temperatures that are
+    missing, so temperatures can be added run by run, and the Arrhenius fit is made over the
+    temperatures asked for in this call, wherever their results came from.  A result of another
+    force field is stale: it is recomputed (every temperature asked for), or with ``keep_stale``
+    reused as it is, never mixed with new runs."""
     from . import analyses
     from .stages import current_forcefield, make_executor
 
@@ -403,24 +475,59 @@ def analyze_transport(node, settings: TransportSettings, max_e_hull: float = 0.0
                               f"within {max_e_hull} eV/atom of the hull")
     cid, ff = current_forcefield(node)
     checkpoint = cid or f"params:{ff.method}"
-    skey = settings.key()
-    store = dict(analyses.read(node, NAME))
-    p = analyses.plan(store, ids, skey, checkpoint, keep_stale)
+    skey, want = settings.key(), settings.temperatures
+    store = {fid: _normalised(rec) for fid, rec in analyses.read(node, NAME).items()}
+    missing, stale, runs_cached = {}, [], 0
+    for k, fid in enumerate(ids):
+        rec = store.get(fid)
+        same = rec is not None and rec.get("settings") == skey
+        if same and rec["checkpoint"] != checkpoint:
+            stale.append(fid)
+        usable = same and (rec["checkpoint"] == checkpoint or keep_stale)
+        have = {float(d["temperature"]) for d in rec["result"]["temperatures"]} if usable else set()
+        todo = tuple(t for t in want if t not in have)
+        if todo and usable and rec["checkpoint"] != checkpoint:
+            todo = want  # a stale result is not mixed with runs of the current force field
+        if todo:
+            missing[k] = todo
+        runs_cached += len(want) - len(todo)
     commits, failed = [], []
-    todo = list(p.todo)
+    order = list(missing)
+
+    def refit(k):
+        """Install the fit over ``want`` in the record of ids[k]; whether it changed."""
+        rec = store[ids[k]]
+        old = rec["result"].get("arrhenius")
+        new = fit_of(rec["result"], want, images[k], settings)
+        if (old or {}).get("temperatures") == (new or {}).get("temperatures") and (old is None) == (new is None):
+            return False
+        rec["result"]["arrhenius"] = new
+        return True
+
     with make_executor(node) as ex:
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            out = ex.map(_task, [(ff, images[k], settings) for k in part], progress=progress)
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            tasks = [(ff, images[k], _with_temperatures(settings, missing[k])) for k in part]
+            out = ex.map(_task, tasks, progress=progress)
             for k, r in zip(part, out):
                 if r.get("ok"):
-                    store[ids[k]] = {"checkpoint": checkpoint, "settings": skey, "settings_doc": asdict(settings),
-                                     "result": r}
+                    store[ids[k]] = _merged(store.get(ids[k]), r, checkpoint, settings)
+                    refit(k)
                 else:
                     failed.append((ids[k], r.get("error", "")))
-            commit = analyses.write(node, NAME, store, f"analyze transport: {len(part)} structures ({checkpoint})")
+            temps = sorted({t for k in part for t in missing[k]})
+            commit = analyses.write(node, NAME, store, f"analyze transport: {len(part)} structures at "
+                                    f"{', '.join(f'{t:g}' for t in temps)} K ({checkpoint})")
             if commit:
                 commits.append(commit)
+    # the structures with nothing to run: their fit over the temperatures asked for
+    refitted = [k for k, fid in enumerate(ids) if k not in missing and fid in store
+                and store[fid]["settings"] == skey and refit(k)]
+    if refitted:
+        commit = analyses.write(node, NAME, store, f"analyze transport: Arrhenius fit of {len(refitted)} "
+                                f"structures over {', '.join(f'{t:g}' for t in want)} K")
+        if commit:
+            commits.append(commit)
     entries = []
     for i in ids:
         rec = store.get(i)
@@ -429,21 +536,35 @@ def analyze_transport(node, settings: TransportSettings, max_e_hull: float = 0.0
         res = rec["result"]
         row = {"frame_id": i, "formula": res["formula"], "stale": rec["checkpoint"] != checkpoint,
                "n_atoms": res["n_atoms"]}
-        for d in res["temperatures"]:
-            row[column_name(d["temperature"])] = d["d_mean"]
-            row[column_name(d["temperature"]) + "_err"] = d["d_std"]
-            row[f"resolved_{d['temperature']:g}K"] = d["resolved"]
-        row["d_top"] = res["temperatures"][-1]["d_mean"]
+        by_t = {float(d["temperature"]): d for d in res["temperatures"]}
+        for t in want:
+            d = by_t.get(t)
+            if d is None:
+                continue
+            row[column_name(t)] = d["d_mean"]
+            row[column_name(t) + "_err"] = d["d_std"]
+            row[f"resolved_{t:g}K"] = d["resolved"]
+        row["stored_temperatures"] = sorted(by_t)
+        row["d_top"] = by_t[max(t for t in want if t in by_t)]["d_mean"] if any(t in by_t for t in want) else None
         fit = res.get("arrhenius")
         if fit:
             row.update(li_ea=fit["ea"], li_ea_err=fit["ea_err"], li_diffusivity_300K=fit["d_room"],
-                       li_conductivity_300K=fit["sigma_room_s_cm"])
+                       li_conductivity_300K=fit["sigma_room_s_cm"], fit_temperatures=list(fit["temperatures"]),
+                       li_ea_chi2=fit.get("chi2_red"))
         entries.append(row)
     entries.sort(key=_rank_key)
     path = plot_arrhenius(store, [e["frame_id"] for e in entries], plot) if plot and entries else None
-    return TransportResult(computed=len(todo) - len(failed), cached=p.cached, stale=p.stale, failed=tuple(failed),
-                           checkpoint=checkpoint, settings=skey, entries=tuple(entries),
-                           temperatures=settings.temperatures, commits=tuple(commits), plot=path)
+    return TransportResult(computed=len(order) - len(failed), cached=len(ids) - len(order), stale=tuple(stale),
+                           failed=tuple(failed), checkpoint=checkpoint, settings=skey, entries=tuple(entries),
+                           temperatures=want, commits=tuple(commits), plot=path,
+                           runs_computed=sum(len(missing[k]) for k in order if ids[k] not in dict(failed)),
+                           runs_cached=runs_cached)
+
+
+def _with_temperatures(settings: TransportSettings, temperatures) -> TransportSettings:
+    from dataclasses import replace
+
+    return replace(settings, temperatures=tuple(temperatures))
 
 
 def plot_arrhenius(store: dict, ids, path) -> str:
@@ -462,15 +583,17 @@ def plot_arrhenius(store: dict, ids, path) -> str:
         dm = np.array([d["d_mean"] for d in res["temperatures"]])
         ds = np.array([d["d_std"] for d in res["temperatures"]])
         ok = np.array([d["resolved"] for d in res["temperatures"]])
-        if ok.any():
-            ax.errorbar(1000 / ts[ok], np.log10(dm[ok]), yerr=ds[ok] / (dm[ok] * np.log(10)), fmt="o",
-                        color=color, label=label)
+        fit = res.get("arrhenius")
+        in_fit = np.isin(ts, np.asarray(fit["temperatures"], dtype=float)) if fit else np.zeros(len(ts), bool)
+        for sel, mfc, extra in ((ok & in_fit, color, ""), (ok & ~in_fit, "none", " (not in the fit)")):
+            if sel.any():
+                ax.errorbar(1000 / ts[sel], np.log10(dm[sel]), yerr=ds[sel] / (dm[sel] * np.log(10)), fmt="o",
+                            color=color, mfc=mfc, label=label + extra)
         if (~ok).any():
             ax.plot(1000 / ts[~ok], np.log10(np.maximum(dm[~ok] + 2 * ds[~ok], 1e-12)), "v", color=color,
                     mfc="none", label=None if ok.any() else label + " (upper bounds)")
-        fit = res.get("arrhenius")
         if fit:
-            tt = np.linspace(1000 / max(ts), 1000 / ROOM, 50)
+            tt = np.linspace(1000 / max(fit["temperatures"]), 1000 / ROOM, 50)
             slope = -fit["ea"] / (K_B * 1000 * np.log(10))
             ax.plot(tt, np.log10(fit["d_room"]) + slope * (tt - 1000 / ROOM), "-", color=color, lw=0.8)
         for d in res["temperatures"]:
@@ -478,7 +601,7 @@ def plot_arrhenius(store: dict, ids, path) -> str:
     ax.set_xlabel("1000 / T (1/K)")
     ax.set_ylabel("log10 D* (cm²/s)")
     ax.legend(fontsize=7)
-    ax.set_title("Li tracer diffusivity (open: unresolved, 2σ upper bound)")
+    ax.set_title("Li tracer diffusivity (open ▽: unresolved, 2σ upper bound)", fontsize=9)
     bx.set_xlabel("time interval (ps)")
     bx.set_ylabel("Li MSD (Å²)")
     bx.set_title("mean-squared displacements")

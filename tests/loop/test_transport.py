@@ -89,6 +89,23 @@ def test_arrhenius_recovers_a_known_activation_energy_with_its_spread():
     assert arrhenius((600.0,), samples[:1]) is None
 
 
+def test_arrhenius_chi2_tells_one_line_from_two_regimes():
+    rng = np.random.default_rng(3)
+    temps = (500.0, 600.0, 700.0, 850.0, 1000.0)
+
+    def draws(d):
+        return [x * np.exp(rng.normal(0, 0.1, 400)) for x in d]
+
+    line = arrhenius(temps, draws([1e-3 * np.exp(-0.3 / (K_B * t)) for t in temps]))
+    assert line.chi2_red < 4 and line.ea == pytest.approx(0.3, abs=0.03)
+    # activated up to 700 K, flat above (the demo's beta-Li3PS4): one line does not hold them
+    kinked = arrhenius(temps, draws([1e-3 * np.exp(-0.3 / (K_B * min(t, 700.0))) for t in temps]))
+    assert kinked.chi2_red > 4
+    low = arrhenius(temps[:3], draws([1e-3 * np.exp(-0.3 / (K_B * t)) for t in temps[:3]]))
+    assert low.ea == pytest.approx(0.3, abs=0.04)
+    assert arrhenius(temps[:2], draws([1e-5, 2e-5])).chi2_red is None
+
+
 def test_settings_are_checked():
     for bad in ({"temperatures": (-5,)}, {"timestep_fs": 8}, {"production_ps": 0.01},
                 {"temperatures": (float("nan"),)}):
@@ -160,3 +177,70 @@ def test_cli_analyze_transport_and_query(stability_node, tmp_path):
     for bad in (["-T", "-5"], ["--frame", "zzzz"], ["--timestep-fs", "9"]):
         b = subprocess.run([*base, "analyze", "transport", *bad], capture_output=True, text=True)
         assert b.returncode == 2 and "Traceback" not in b.stderr, b.stderr[-1000:]
+
+
+def test_temperatures_add_up_across_runs_and_the_fit_spans_the_ones_asked_for(stability_node):
+    """A run at new temperatures computes only those; the stored ones are reused, and the fit is
+    made over every resolved temperature asked for, wherever it was computed."""
+    from nodestore.loop import analyses
+    from nodestore.repo import Node
+
+    node = stability_node
+    table = node.table
+    li2s = [str(f) for f, formula in zip(table.column("frame_id"), table.column("formula")) if formula == "Li2S"][0]
+    small = {**SMALL, "temperatures": (1500.0,)}
+    first = analyze_transport(node, TransportSettings(**small), frames=(li2s,), progress=False)
+    assert (first.computed, first.runs_computed, first.runs_cached) == (1, 1, 0)
+    # the same settings at two more temperatures: only those two run
+    three = (900.0, 1200.0, 1500.0)
+    more = analyze_transport(Node.open(node.path), TransportSettings(**{**SMALL, "temperatures": three}),
+                             frames=(li2s,), progress=False)
+    assert (more.computed, more.cached, more.runs_computed, more.runs_cached) == (1, 0, 2, 1)
+    rec = analyses.read(node, "transport")[li2s]
+    stored = rec["result"]["temperatures"]
+    assert [d["temperature"] for d in stored] == list(three)
+    assert stored[-1] == analyses.read(node, "transport", rev=first.commits[-1])[li2s]["result"]["temperatures"][0]
+    resolved = [d["temperature"] for d in stored if d["resolved"]]
+    fit = rec["result"]["arrhenius"]
+    assert (fit is None and len(resolved) < 2) or fit["temperatures"] == resolved
+    row = more.entries[0]
+    assert row["stored_temperatures"] == list(three) and "li_diffusivity_1200K" in row
+    # a window of the stored temperatures: no MD, the fit is redone over it and committed
+    window = (900.0, 1500.0)
+    w = analyze_transport(Node.open(node.path), TransportSettings(**{**SMALL, "temperatures": window}),
+                          frames=(li2s,), progress=False)
+    assert (w.computed, w.cached, w.runs_computed, w.runs_cached) == (0, 1, 0, 2)
+    fit = analyses.read(node, "transport")[li2s]["result"]["arrhenius"]
+    in_window = [t for t in resolved if t in window]
+    assert (fit is None and len(in_window) < 2) or fit["temperatures"] == in_window
+    def fitted(ts):
+        return ts if len(ts) >= 2 else None
+
+    assert bool(w.commits) == (fitted(resolved) != fitted(in_window))
+    # other settings (a longer run) are another record: everything runs again
+    other = analyze_transport(Node.open(node.path), TransportSettings(**{**SMALL, "production_ps": 0.5,
+                                                                          "temperatures": window}),
+                              frames=(li2s,), progress=False)
+    assert (other.runs_computed, other.runs_cached) == (2, 0)
+
+
+def test_results_stored_before_the_per_temperature_key_are_reused(stability_node):
+    """Records of the first format (their settings hash included the temperatures) are read
+    under the new key, so an upgrade does not recompute them."""
+    import hashlib
+
+    from nodestore.loop import analyses
+    from nodestore.loop.transport import VERSION
+    from nodestore.repo import Node
+
+    node = stability_node
+    s = TransportSettings(**SMALL)
+    r = analyze_transport(node, s, progress=False)
+    store = analyses.read(node, "transport")
+    for rec in store.values():  # as the first format wrote them
+        doc = {**rec["settings_doc"], "temperatures": list(SMALL["temperatures"])}
+        rec["settings_doc"] = doc
+        rec["settings"] = hashlib.sha256(json.dumps({**doc, "version": VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    analyses.write(node, "transport", store, "first-format records")
+    again = analyze_transport(Node.open(node.path), s, progress=False)
+    assert again.runs_computed == 0 and again.cached == r.computed and not again.commits
