@@ -26,25 +26,12 @@ def child(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from nodestore.frames.io import read_file
-    from nodestore.loop.actions import primitive
-    from nodestore.loop.demo import reference_files, search_generator
-    from nodestore.models._allocator import tune_allocator
-    from nodestore.models.registry import from_config
+    from _demo_cells import demo_cells, forcefield
 
-    gen_cfg = search_generator(16, pyxtal_max_atoms=12)
-    gen_cfg["elements"] = ["Li", "P", "S"]
-    gen = from_config("generator", gen_cfg)
-    gen.reseed(args.seed)
-    images = gen.sample(args.n, conditions={"max_atoms": 16})
-    for f in reference_files():
-        for a in read_file(f):
-            a.calc = None
-            images.append(primitive(a))
-    cfg = {"backend": args.backend}
-    if args.pretrained:
-        cfg["pretrained"] = args.pretrained
-    ff = from_config("forcefield", cfg)
+    from nodestore.models._allocator import tune_allocator
+
+    images = demo_cells(args.n, args.seed)
+    ff = forcefield(args.backend, args.pretrained)
     ff.predict(images)  # warm-up
     c0, t0 = os.times(), time.perf_counter()
     for _ in range(args.passes):
