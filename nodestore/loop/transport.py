@@ -103,15 +103,17 @@ class TransportSettings:
 
     def doc(self) -> dict:
         """The settings without the temperatures (what ``key`` hashes), for the stored record."""
-        doc = asdict(self)
-        doc.pop("temperatures")
-        return doc
+        return _run_settings(asdict(self))
+
+
+def _run_settings(doc: dict) -> dict:
+    """A settings document without its temperatures."""
+    return {k: v for k, v in doc.items() if k != "temperatures"}
 
 
 def run_key(doc: dict) -> str:
     """``TransportSettings.key`` of a settings document (its temperatures, if any, left out)."""
-    doc = {k: v for k, v in doc.items() if k != "temperatures"}
-    return hashlib.sha256(json.dumps({**doc, "version": VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps({**_run_settings(doc), "version": VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def supercell(atoms, min_length: float):
@@ -413,7 +415,7 @@ def _normalised(rec: dict) -> dict:
     the first format were keyed with their temperatures in the hash)."""
     doc = rec.get("settings_doc")
     if isinstance(doc, dict):
-        rec = {**rec, "settings": run_key(doc), "settings_doc": {k: v for k, v in doc.items() if k != "temperatures"}}
+        rec = {**rec, "settings": run_key(doc), "settings_doc": _run_settings(doc)}
     return rec
 
 
