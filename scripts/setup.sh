@@ -12,6 +12,8 @@ fi
 # the pinned CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
+# compile the numba kernels once here (about 30 s), not inside the first select or curate stage
+.venv/bin/python -W ignore -m nodestore.chem.precompile
 if ! /usr/bin/python3 -c "import gpaw" >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gpaw >/dev/null) \
