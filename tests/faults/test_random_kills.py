@@ -5,7 +5,9 @@ Every writing verb is killed: import, commit, label, classify, train, merge, ite
 checkout, push, and each loop stage under ``dvc repro``.  A kill lands at a uniformly random moment of the
 verb's run: the span is the wall time of the previous uninterrupted run of that verb (a first
 guess before one).  With ``FAULT_REPORT=path`` every kill appends one JSON line there (verb, whether
-the process was still running when it was killed, the loop stage it was in).
+the process was still running when it was killed, the loop stage it was in).  ``FAULT_SEED=n``
+draws other kill moments (every seed offset by 1000 n), and ``FAULT_CYCLES=n`` sets the loop
+stages' iterations (default 1, 100 with ``--large``), so that independent runs can share the work.
 """
 
 import json
@@ -25,6 +27,11 @@ from nodestore.frames.io import read_file
 from nodestore.repo import Node, git
 
 from .helpers import ns, run
+
+
+def seeded(n: int) -> random.Random:
+    """The random kill moments of one test: seed ``n``, offset by ``FAULT_SEED``."""
+    return random.Random(n + 1000 * int(os.environ.get("FAULT_SEED", "0")))
 
 
 def record(verb, killed, **extra):
@@ -114,7 +121,7 @@ def chunk_file(tmp_path, images, i, size=2, name="part"):
 
 
 def test_random_kills_of_import(node, tmp_path, kills):
-    rng = random.Random(11)
+    rng = seeded(11)
     k = Killer(rng)
     images = read_file(AIMD)
     for i in rounds(kills, k):
@@ -132,7 +139,7 @@ def test_random_kills_of_import(node, tmp_path, kills):
 
 def test_random_kills_of_init(tmp_path, kills):
     """The node appears whole at its path or not at all; the rerun makes it."""
-    k = Killer(random.Random(10), guess=4.0)
+    k = Killer(seeded(10), guess=4.0)
     for i in rounds(kills, k):
         target = tmp_path / f"n{i}"
         k.kill(tmp_path, ["init", "Li-P-S", target], "init")
@@ -146,7 +153,7 @@ def test_random_kills_of_init(tmp_path, kills):
 
 def test_random_kills_of_commit(node, tmp_path, kills):
     """``nodestore commit`` of a work-tree change: killed, the change is still there, uncommitted."""
-    rng = random.Random(13)
+    rng = seeded(13)
     k = Killer(rng, guess=3.0)
     images = read_file(AIMD)
     for i in rounds(kills, k):
@@ -187,7 +194,7 @@ def lj_node(tmp_path):
 
 
 def test_random_kills_of_label_and_classify(lj_node, tmp_path, kills):
-    rng = random.Random(14)
+    rng = seeded(14)
     lab, cls = Killer(rng, guess=5.0), Killer(rng, guess=8.0)
     node = lj_node
     base = read_file(STRUCTURES / "Li3P_P63mmc.cif")[0]
@@ -242,7 +249,7 @@ def test_random_kills_of_train(tmp_path, kills):
     node = create_node("Li-P-S", tmp_path / "tr", reference_method=LJ, params=params)
     assert label_references(node)["labelled"] >= 5
     node = Node.open(node.path)
-    k = Killer(random.Random(17), guess=10.0, floor=0.5)
+    k = Killer(seeded(17), guess=10.0, floor=0.5)
     for i in rounds(kills, k):
         head = str(node.git.head.target)
         before = node.current_models().get("forcefield")
@@ -264,7 +271,7 @@ def test_random_kills_of_train(tmp_path, kills):
 
 
 def test_random_kills_of_merge(node, tmp_path, kills):
-    rng = random.Random(12)
+    rng = seeded(12)
     k = Killer(rng, guess=5.0, floor=0.5)
     images = read_file(AIMD)
     write(str(tmp_path / "base.xyz"), images[:1], format="extxyz")
@@ -301,7 +308,7 @@ def test_random_kills_of_iterate(tmp_path, kills):
     node = create_node("Li-P-S", tmp_path / "it")
     node.import_files(REFERENCE_FILES, message="refs")
     base = str(node.git.head.target)
-    k = Killer(random.Random(15), guess=4.0)
+    k = Killer(seeded(15), guess=4.0)
     for i in rounds(kills, k):
         node.branch(f"b{i}", base)
         node.checkout(f"b{i}")
@@ -323,7 +330,7 @@ def test_random_kills_of_extend(node, tmp_path, kills):
     node.import_files(REFERENCE_FILES, message="refs")
     node.import_files([AIMD], method="vasp-pbe", message="aimd")
     head, n = str(node.git.head.target), len(node.table)
-    k = Killer(random.Random(16), guess=8.0)
+    k = Killer(seeded(16), guess=8.0)
     for i in rounds(kills, k):
         to = tmp_path / f"ext{i}"
         k.kill(node.path, ["extend", "Cl", "--to", to], "extend")
@@ -348,7 +355,7 @@ def test_random_kills_of_checkout(node, tmp_path, kills):
     node.import_files([AIMD], method="vasp-pbe", message="aimd")
     node.checkout("main")
     frames = {"main": 5, "big": 205}
-    k = Killer(random.Random(17), guess=4.0)
+    k = Killer(seeded(17), guess=4.0)
     for i in rounds(kills, k):
         target = "big" if git.current_branch(node.git) == "main" else "main"
         k.kill(node.path, ["checkout", target], "checkout")
@@ -376,7 +383,7 @@ def test_random_kills_of_push(node, tmp_path, kills):
     node.import_files(REFERENCE_FILES, message="refs")
     node.remote_add("origin", str(remote))
     images = read_file(AIMD)
-    k = Killer(random.Random(18), guess=5.0)
+    k = Killer(seeded(18), guess=5.0)
     for i in rounds(kills, k):
         node.import_files([chunk_file(tmp_path, images, i, size=4)], method="vasp-pbe", message=f"part {i}")
         head, before = str(node.git.head.target), remote_tip(remote)
@@ -402,7 +409,10 @@ STARTUP = 3.0  # dvc's own start and the stage's imports
 
 @pytest.fixture
 def loop_cycles(request):
-    """Iterations whose every stage is killed once: 1 by default (6 kills), 100 with --large."""
+    """Iterations whose every stage is killed once: 1 by default (6 kills), 100 with --large
+    (``FAULT_CYCLES`` overrides both)."""
+    if os.environ.get("FAULT_CYCLES"):
+        return int(os.environ["FAULT_CYCLES"])
     return 100 if request.config.getoption("--large") else 1
 
 
@@ -420,7 +430,7 @@ def test_random_kills_of_each_loop_stage_under_dvc_repro(tmp_path, loop_cycles):
 
     node = create_node("Li-P-S", tmp_path / "loop", reference_method=LJ, params=tiny_params())
     assert label_references(node)["labelled"] >= 5
-    rng = random.Random(19)
+    rng = seeded(19)
     seconds = dict(GUESS)
     repro = [sys.executable, "-m", "dvc", "repro"]
     # the stage commands are `nodestore stage ...`, found on PATH as a user's activated venv would have it
