@@ -77,6 +77,82 @@ def repair_rwlock(path: Path, dry_run: bool = False) -> bool:
             return True
 
 
+def _lock_stages(text: str, path: str) -> dict:
+    """The stage entries of a dvc.lock text, validated against DVC's own lock-file schema."""
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils.serialize import parse_yaml
+
+    doc = parse_yaml(text, path)
+    if not isinstance(doc, dict):
+        raise ValueError("not a mapping")
+    return dict(COMPILED_LOCKFILE_SCHEMA(doc).get("stages") or {})
+
+
+def lockfile_damage(path: Path, committed: str | None) -> str | None:
+    """Why the work tree's ``dvc.lock`` is damaged, or None if it is not.
+
+    DVC rewrites ``dvc.lock`` in place after each stage it runs (its ``modify_yaml`` opens the
+    file for writing and dumps the whole document), so a ``dvc repro`` killed in that moment
+    leaves a prefix of it: one that does not parse or fails DVC's schema (and every later
+    ``dvc repro`` then stops with "dvc.lock validation failed"), or, cut between two entries, one
+    that parses but has lost the entries of stages after the cut.  The second kind is caught by
+    ``committed``, the text of the last commit's ``dvc.lock``: DVC only ever adds or updates
+    entries, so an entry of a committed stage that is gone was cut off (and DVC would run that
+    stage again, an iteration already committed)."""
+    f = Path(path) / "dvc.lock"
+    if not f.is_file():
+        return None
+    try:
+        stages = _lock_stages(f.read_text(), str(f))
+    except Exception as exc:  # noqa: BLE001 - YAML, schema and decoding errors alike
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"it does not parse as DVC's lock file ({detail})"
+    if committed:
+        try:
+            before = _lock_stages(committed, "dvc.lock")
+        except Exception:  # noqa: BLE001 - a committed lock file DVC cannot read: not ours to judge
+            return None
+        lost = [name for name in before if name not in stages]
+        if lost:
+            return (f"it has lost the entries of {len(lost)} committed stage(s) ({', '.join(lost[:3])}"
+                    f"{', ...' if len(lost) > 3 else ''}): a prefix of it was written")
+    return None
+
+
+@contextmanager
+def dvc_repo_lock(path: Path):
+    """DVC's own repository lock (``.dvc/tmp/lock``), which ``dvc repro`` holds while it runs and
+    writes ``dvc.lock``; raises :class:`~nodestore.errors.LockedError` if a DVC process holds it."""
+    from dvc.lock import LockError, make_lock
+
+    from nodestore.errors import LockedError
+
+    tmp = Path(path) / ".dvc" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    lock = make_lock(str(tmp / "lock"), tmp_dir=str(tmp))
+    try:
+        lock.lock()
+    except LockError:
+        raise LockedError("a DVC process (dvc repro?) holds the node's DVC lock; try again when it ends") from None
+    try:
+        yield
+    finally:
+        lock.unlock()
+
+
+def restore_lockfile(path: Path, committed: str | None) -> None:
+    """Put the last commit's ``dvc.lock`` back (atomically), or remove a damaged one the last commit
+    did not have.  The stages of the iteration in progress then run again on the next ``dvc repro``;
+    the committed ones are not touched."""
+    f = Path(path) / "dvc.lock"
+    if committed is None:
+        f.unlink(missing_ok=True)
+        return
+    tmp = f.with_name(".dvc.lock.restore")
+    tmp.write_text(committed)
+    os.replace(tmp, f)
+
+
 @contextmanager
 def open_dvc(path: Path):
     from dvc.repo import Repo

@@ -24,8 +24,13 @@ Checks, each problem reported with what to do:
 * with ``--remote``: the remote's branches against the local ones, and, for a
   remote on a local path, every object of their tips present and intact there.
 
+DVC's own files: its lock table (``.dvc/tmp/rwlock``) and ``dvc.lock``, which
+DVC rewrites in place and a killed ``dvc repro`` can leave truncated.
+
 ``--repair`` does only what is safe: it finishes or rolls back an interrupted
-transaction, drops temporary files, removes a ``.nodestore`` link, and removes
+transaction, drops temporary files, removes a ``.nodestore`` link, removes a
+truncated DVC lock table, puts back the last commit's ``dvc.lock`` over a
+damaged one (the stages of the iteration in progress run again), and removes
 corrupted objects from the local cache and fetches them again from the remote
 (then relinks the work tree).
 """
@@ -64,6 +69,7 @@ def fsck(node, repair: bool = False, remote: str | None = None) -> FsckResult:
     with node_lock(node.state_dir):
         _check_git_locks(node, rep, repair)
         _check_dvc_rwlock(node, rep, repair)
+        _check_dvc_lockfile(node, rep, repair)
         _check_git(node, rep)
         table = _check_documents(node, rep)
         if table is not None:
@@ -133,6 +139,42 @@ def _check_dvc_rwlock(node, rep: _Report, repair: bool) -> None:
                 "DVC's lock table is truncated (a dvc process was killed while writing it): "
                 "`dvc repro` refuses to run", "run `nodestore fsck --repair`, or `nodestore iterate --run` "
                 "(both remove it; DVC writes a new one)", repair)
+
+
+def _committed_lockfile(node) -> str | None:
+    """The text of ``dvc.lock`` in HEAD's tree, or None (no commit, or none there)."""
+    import pygit2
+
+    try:
+        entry = node.git.head.peel(pygit2.Commit).tree["dvc.lock"]
+    except (pygit2.GitError, KeyError, ValueError):
+        return None
+    return node.git[entry.id].data.decode("utf-8", "replace")
+
+
+def _check_dvc_lockfile(node, rep: _Report, repair: bool) -> None:
+    """``dvc.lock``, which DVC rewrites in place after every stage: a ``dvc repro`` killed while
+    writing it leaves a prefix (found by the loop-stage kill test at its 27th iteration)."""
+    from nodestore.errors import LockedError
+
+    from .dvc import dvc_repo_lock, lockfile_damage, restore_lockfile
+
+    committed = _committed_lockfile(node)
+    try:
+        with dvc_repo_lock(node.path):  # no DVC process is writing it while it is read
+            damage = lockfile_damage(node.path, committed)
+            if damage and repair:
+                restore_lockfile(node.path, committed)
+    except LockedError as exc:
+        rep.warn("dvc-lock", "dvc.lock", f"not checked: {exc}", "run `nodestore fsck` when DVC has finished")
+        return
+    rep.checked += 1
+    if damage:
+        rep.add("dvc-lock", "dvc.lock",
+                f"DVC's lock file is damaged, {damage} (a dvc process was killed while writing it): "
+                "`dvc repro` refuses to run, or would run committed stages again",
+                "run `nodestore fsck --repair`: it puts back the last commit's dvc.lock, and the next "
+                "`dvc repro` runs the stages of the iteration in progress again", repair)
 
 
 def _temp_files(node) -> list[str]:

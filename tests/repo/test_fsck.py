@@ -284,3 +284,92 @@ def test_a_truncated_dvc_rwlock_is_reported_and_repaired(node):
     assert not (tmp / "rwlock").exists() and node.fsck().problems == []
     p = subprocess.run(dvc_status, cwd=node.path, capture_output=True, text=True, timeout=300)
     assert "rwlock" not in (p.stdout + p.stderr).lower(), p.stdout + p.stderr
+
+
+LOCK = """schema: '2.0'
+stages:
+  generate@1:
+    cmd: nodestore stage generate 1
+    outs:
+    - path: loop/iter-1/candidates
+      hash: md5
+      md5: {md5}
+      size: 1024
+      nfiles: 2
+  screen@1:
+    cmd: nodestore stage screen 1
+    deps:
+    - path: loop/iter-1/candidates
+      hash: md5
+      md5: {md5}
+      size: 1024
+      nfiles: 2
+    outs:
+    - path: loop/iter-1/screened
+      hash: md5
+      md5: {md5}
+      size: 2048
+      nfiles: 3
+"""
+NEXT = """  generate@2:
+    cmd: nodestore stage generate 2
+    outs:
+    - path: loop/iter-2/candidates
+      hash: md5
+      md5: {md5}
+      size: 1024
+      nfiles: 2
+"""
+
+
+def commit_dvc_lock(node, text):
+    """A commit whose dvc.lock is ``text``, as `nodestore commit` leaves one after an iteration
+    (its outputs name the table's own object, which the cache holds).  Returns the text."""
+    import pygit2
+
+    from nodestore.repo import git
+
+    text = text.format(md5=node.artifact_md5(git.resolve(node.git, "HEAD"), "data/table"))
+    (node.path / "dvc.lock").write_text(text)
+    repo = node.git
+    repo.index.read()
+    repo.index.add("dvc.lock")
+    repo.index.write()
+    sig = pygit2.Signature("test", "test@example.org")
+    repo.create_commit("HEAD", sig, sig, "iteration 1", repo.index.write_tree(), [repo.head.target])
+    return text
+
+
+def test_a_dvc_lock_a_killed_repro_cut_short_is_reported_and_the_committed_one_restored(node):
+    """Found by the loop-stage kill test (iterations 7 and 27 of two runs): DVC rewrites dvc.lock in
+    place after every stage, a kill in that moment leaves a prefix, and every later `dvc repro`
+    stopped with "dvc.lock validation failed" while fsck called the node clean."""
+    node.import_files(REFERENCE_FILES, message="refs")
+    LOCK = commit_dvc_lock(node, globals()["LOCK"])
+    NEXT = globals()["NEXT"].format(md5=LOCK.split("md5: ")[1].split()[0])
+    assert node.fsck().problems == []
+    lock = node.path / "dvc.lock"
+    # the iteration in progress adds entries: not damage
+    lock.write_text(LOCK + NEXT)
+    assert node.fsck().problems == []
+    cut_inside_an_entry = (LOCK + NEXT)[: (LOCK + NEXT).index("    - path:", LOCK.index("screen@1")) + len("    - path:")]
+    cut_between_entries = LOCK[: LOCK.index("  screen@1")]
+    for text, says in ((cut_inside_an_entry, "does not parse"), (cut_between_entries, "screen@1"), ("", "does not parse")):
+        lock.write_text(text)
+        (p,) = node.fsck().problems
+        assert (p.kind, p.what) == ("dvc-lock", "dvc.lock") and says in p.message, p.message
+        assert lock.read_text() == text  # a check alone changes nothing
+        rc, out = run(node.path, "fsck")
+        assert rc != 0 and "dvc.lock" in out, out
+        rc, out = run(node.path, "fsck", "--repair")
+        assert rc == 0, out
+        assert lock.read_text() == LOCK and node.fsck().problems == []
+
+
+def test_a_damaged_dvc_lock_the_last_commit_lacks_is_removed(node):
+    node.import_files(REFERENCE_FILES, message="refs")
+    lock = node.path / "dvc.lock"
+    lock.write_text(LOCK[: LOCK.index("      md5:")] + "      md5: [")
+    assert [p.kind for p in node.fsck().problems] == ["dvc-lock"]
+    assert node.fsck(repair=True).repaired == 1
+    assert not lock.exists() and node.fsck().problems == []
