@@ -143,13 +143,11 @@ def _check_dvc_rwlock(node, rep: _Report, repair: bool) -> None:
 
 def _committed_lockfile(node) -> str | None:
     """The text of ``dvc.lock`` in HEAD's tree, or None (no commit, or none there)."""
-    import pygit2
+    from . import git
 
-    try:
-        entry = node.git.head.peel(pygit2.Commit).tree["dvc.lock"]
-    except (pygit2.GitError, KeyError, ValueError):
-        return None
-    return node.git[entry.id].data.decode("utf-8", "replace")
+    head = git.head_commit(node.git)
+    data = None if head is None else git.read_blob(node.git, head, "dvc.lock")
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 def _check_dvc_lockfile(node, rep: _Report, repair: bool) -> None:
