@@ -148,7 +148,7 @@ def restore_lockfile(path: Path, committed: str | None) -> None:
     if committed is None:
         f.unlink(missing_ok=True)
         return
-    tmp = f.with_name(".dvc.lock.restore")
+    tmp = f.with_name(".dvc.lock.tmp")  # a name fsck's temporary-file sweep knows (paths.TEMP_PATTERNS)
     tmp.write_text(committed)
     os.replace(tmp, f)
 

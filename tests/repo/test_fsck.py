@@ -366,6 +366,36 @@ def test_a_dvc_lock_a_killed_repro_cut_short_is_reported_and_the_committed_one_r
         assert lock.read_text() == LOCK and node.fsck().problems == []
 
 
+def test_a_restore_of_dvc_lock_killed_before_its_rename_leaves_a_temp_file_fsck_sweeps(node, monkeypatch):
+    """A kill inside `fsck --repair`'s own restore, between writing the temporary copy and the
+    rename: dvc.lock is untouched (still the cut one), and the temporary file must be one that
+    fsck's sweep names and drops."""
+    import os as _os
+
+    
+    node.import_files(REFERENCE_FILES, message="refs")
+    LOCK = commit_dvc_lock(node, globals()["LOCK"])
+    lock = node.path / "dvc.lock"
+    lock.write_text(LOCK[:100])
+
+    class Killed(BaseException):
+        """what nothing in nodestore catches, as nothing runs after a SIGKILL"""
+
+    def killed(*a, **k):
+        raise Killed("killed before the rename")
+
+    monkeypatch.setattr(dvc.os, "replace", killed)
+    with pytest.raises(Killed):
+        node.fsck(repair=True)
+    monkeypatch.undo()
+    left = [n for n in _os.listdir(node.path) if n.startswith(".dvc.lock")]
+    assert left and lock.read_text() == LOCK[:100]
+    assert sorted(p.kind for p in node.fsck().problems) == ["dvc-lock", "temp"]
+    assert node.fsck(repair=True).clean
+    assert lock.read_text() == LOCK and node.fsck().problems == []
+    assert not [n for n in _os.listdir(node.path) if n.startswith(".dvc.lock")]
+
+
 def test_a_damaged_dvc_lock_the_last_commit_lacks_is_removed(node):
     node.import_files(REFERENCE_FILES, message="refs")
     lock = node.path / "dvc.lock"
