@@ -372,7 +372,6 @@ def test_a_restore_of_dvc_lock_killed_before_its_rename_leaves_a_temp_file_fsck_
     fsck's sweep names and drops."""
     import os as _os
 
-    
     node.import_files(REFERENCE_FILES, message="refs")
     LOCK = commit_dvc_lock(node, globals()["LOCK"])
     lock = node.path / "dvc.lock"
