@@ -17,6 +17,8 @@ from pathlib import Path
 
 from nodestore.errors import IntegrityError, NodestoreError
 
+from .transaction import atomic_write
+
 TRACKED = ("data/table", "models")
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -148,9 +150,7 @@ def restore_lockfile(path: Path, committed: str | None) -> None:
     if committed is None:
         f.unlink(missing_ok=True)
         return
-    tmp = f.with_name(".dvc.lock.tmp")  # a name fsck's temporary-file sweep knows (paths.TEMP_PATTERNS)
-    tmp.write_text(committed)
-    os.replace(tmp, f)
+    atomic_write(f, committed)
 
 
 @contextmanager

@@ -47,7 +47,9 @@ def _read(p: Path) -> str | None:
         return None
 
 
-def _atomic_write(p: Path, text: str) -> None:
+def atomic_write(p: Path, text: str) -> None:
+    """Write ``text`` to ``p`` through a synced temporary file renamed over it; a kill leaves ``p``
+    whole, old or new, and at most a temporary file ``paths.TEMP_PATTERNS`` names."""
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     with open(tmp, "w") as fh:
@@ -153,7 +155,7 @@ class Transaction:
 
     def _save(self) -> None:
         self.journal["tags"] = self.tags
-        _atomic_write(journal_path(self.node), json.dumps(self.journal, indent=1))
+        atomic_write(journal_path(self.node), json.dumps(self.journal, indent=1))
 
     def _track(self, rel: str) -> Path:
         """Snapshot ``rel`` (once) before it is written."""
@@ -202,7 +204,7 @@ class Transaction:
     # -- writers: files, config, checkpoints -----------------------------
     def write_text(self, rel: str, text: str) -> None:
         p = self._track(rel)
-        _atomic_write(p, text)
+        atomic_write(p, text)
 
     def write_json(self, rel: str, doc) -> None:
         self.write_text(rel, json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -402,7 +404,7 @@ def _roll_back(node, journal: dict) -> None:
             if p.is_file() or p.is_symlink():
                 p.unlink()
         elif _read(p) != text:
-            _atomic_write(p, text)
+            atomic_write(p, text)
     for d, before in journal["listing"].items():
         base = root / d
         if base.is_dir():
