@@ -1,6 +1,7 @@
 """``nodestore fsck`` and defect 3 of issue 11 (a push that sent a corrupted object and moved the ref)."""
 
 import json
+import os
 
 import pytest
 
@@ -370,8 +371,6 @@ def test_a_restore_of_dvc_lock_killed_before_its_rename_leaves_a_temp_file_fsck_
     """A kill inside `fsck --repair`'s own restore, between writing the temporary copy and the
     rename: dvc.lock is untouched (still the cut one), and the temporary file must be one that
     fsck's sweep names and drops."""
-    import os as _os
-
     node.import_files(REFERENCE_FILES, message="refs")
     LOCK = commit_dvc_lock(node, globals()["LOCK"])
     lock = node.path / "dvc.lock"
@@ -387,12 +386,12 @@ def test_a_restore_of_dvc_lock_killed_before_its_rename_leaves_a_temp_file_fsck_
     with pytest.raises(Killed):
         node.fsck(repair=True)
     monkeypatch.undo()
-    left = [n for n in _os.listdir(node.path) if n.startswith(".dvc.lock")]
+    left = [n for n in os.listdir(node.path) if n.startswith(".dvc.lock")]
     assert left and lock.read_text() == LOCK[:100]
     assert sorted(p.kind for p in node.fsck().problems) == ["dvc-lock", "temp"]
     assert node.fsck(repair=True).clean
     assert lock.read_text() == LOCK and node.fsck().problems == []
-    assert not [n for n in _os.listdir(node.path) if n.startswith(".dvc.lock")]
+    assert not [n for n in os.listdir(node.path) if n.startswith(".dvc.lock")]
 
 
 def test_a_damaged_dvc_lock_the_last_commit_lacks_is_removed(node):
